@@ -1,0 +1,3 @@
+from flamenco_deadline_worker.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""Child processes for tasks: own process group, no shell, output streamed line by line, tree kill."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+# A line longer than this is passed on in pieces rather than held in memory.
+MAX_LINE_BYTES = 64 * 1024
+
+LineHandler = Callable[[str], None]
+
+
+class ProcessTimeout(Exception):
+    """A hang guard fired; the message says which one."""
+
+
+@attrs.frozen
+class RunAs:
+    """Run the child as another user: setuid when we are root, otherwise through ``sudo -n``."""
+
+    user: str
+
+    def wrap(self, argv: Sequence[str]) -> tuple[list[str], dict[str, object]]:
+        if os.geteuid() == 0:
+            import grp
+            import pwd
+
+            entry = pwd.getpwnam(self.user)
+            groups = [g.gr_gid for g in grp.getgrall() if self.user in g.gr_mem]
+            return list(argv), {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
+        return ["sudo", "-n", "-u", self.user, "--", *argv], {}
+
+
+@attrs.define
+class ProcessLimits:
+    """Guards for one child: all optional, in seconds."""
+
+    command_timeout: float | None = None
+    no_output_timeout: float | None = None
+    kill_grace: float = 10.0
+    oom_score_adj: int | None = None
+
+
+def _child_setup(oom_score_adj: int | None) -> Callable[[], None] | None:
+    if oom_score_adj is None:
+        return None
+
+    def setup() -> None:
+        # Raising our own score needs no privilege; the kernel then picks Blender, not the worker.
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(oom_score_adj))
+
+    return setup
+
+
+class LineSplitter:
+    """Turns a byte stream into text lines; never fails on bad UTF-8, never drops a long line."""
+
+    def __init__(self, on_line: LineHandler, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._on_line = on_line
+        self._max = max_line_bytes
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        buf = self._partial
+        buf += data
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            self._emit(bytes(buf[start:nl]))
+            start = nl + 1
+        del buf[:start]
+        while len(buf) >= self._max:
+            self._emit(bytes(buf[: self._max]))
+            del buf[: self._max]
+
+    def close(self) -> None:
+        if self._partial:
+            self._emit(bytes(self._partial))
+            self._partial.clear()
+
+    def _emit(self, raw: bytes) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        self._on_line(raw.decode("utf-8", errors="backslashreplace"))
+
+
+class ChildProcess:
+    """One running child in its own process group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
+        self.proc = proc
+        self.argv = list(argv)
+        self.pid = proc.pid
+        self.last_output = time.monotonic()
+        self._kill_task: asyncio.Task[None] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def signal_group(self, sig: int) -> bool:
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    async def terminate_tree(self, grace: float) -> None:
+        """SIGTERM to the group, SIGKILL after ``grace`` seconds; also sweeps left-over group members."""
+        if self.proc.returncode is None and self.signal_group(signal.SIGTERM):
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("pid %d did not stop within %.1f s of SIGTERM, sending SIGKILL", self.pid, grace)
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            await self.proc.wait()
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    run_as: RunAs | None = None,
+    oom_score_adj: int | None = None,
+) -> ChildProcess:
+    """Start ``argv`` without a shell, in a new session, stdout and stderr merged."""
+    if not argv:
+        raise ValueError("empty command line")
+    full_argv, extra = run_as.wrap(argv) if run_as else (list(argv), {})
+    proc = await asyncio.create_subprocess_exec(
+        *full_argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        preexec_fn=_child_setup(oom_score_adj),
+        limit=READ_CHUNK,
+        **extra,  # type: ignore[arg-type]
+    )
+    return ChildProcess(proc, full_argv)
+
+
+async def run_process(
+    argv: Sequence[str],
+    on_line: LineHandler,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    limits: ProcessLimits | None = None,
+    run_as: RunAs | None = None,
+    on_spawn: Callable[[ChildProcess], Awaitable[None] | None] | None = None,
+) -> int:
+    """Run a child to its end, handing each output line to ``on_line``; returns its exit code.
+
+    Cancelling this coroutine kills the child's whole process group (SIGTERM, grace, SIGKILL)
+    before the cancellation propagates.  A hang guard raises ProcessTimeout after the same kill.
+    """
+    limits = limits or ProcessLimits()
+    child = await spawn(argv, cwd=cwd, env=env, run_as=run_as, oom_score_adj=limits.oom_score_adj)
+    if on_spawn is not None:
+        maybe = on_spawn(child)
+        if maybe is not None:
+            await maybe
+    splitter = LineSplitter(on_line)
+    assert child.proc.stdout is not None
+    stdout = child.proc.stdout
+    started = time.monotonic()
+
+    async def pump() -> None:
+        while True:
+            data = await stdout.read(READ_CHUNK)
+            if not data:
+                break
+            child.last_output = time.monotonic()
+            splitter.feed(data)
+        splitter.close()
+
+    pump_task = asyncio.ensure_future(pump())
+    try:
+        while not pump_task.done():
+            timeout = _next_guard_timeout(limits, started, child.last_output)
+            done, _ = await asyncio.wait({pump_task}, timeout=timeout)
+            if done:
+                break
+            _check_guards(limits, started, child.last_output)
+        pump_task.result()
+        returncode = await child.proc.wait()
+    except BaseException:
+        pump_task.cancel()
+        await asyncio.shield(child.terminate_tree(limits.kill_grace))
+        raise
+    # The child is gone; kill anything it left behind in its group (daemonised helpers etc.).
+    child.signal_group(signal.SIGKILL)
+    return returncode
+
+
+def _next_guard_timeout(limits: ProcessLimits, started: float, last_output: float) -> float | None:
+    now = time.monotonic()
+    waits = []
+    if limits.command_timeout:
+        waits.append(started + limits.command_timeout - now)
+    if limits.no_output_timeout:
+        waits.append(last_output + limits.no_output_timeout - now)
+    return max(0.0, min(waits)) + 0.01 if waits else None
+
+
+def _check_guards(limits: ProcessLimits, started: float, last_output: float) -> None:
+    now = time.monotonic()
+    if limits.command_timeout and now - started >= limits.command_timeout:
+        raise ProcessTimeout(
+            f"command_timeout_seconds={limits.command_timeout:g} reached: the command ran too long"
+        )
+    if limits.no_output_timeout and now - last_output >= limits.no_output_timeout:
+        raise ProcessTimeout(
+            f"no_output_timeout_seconds={limits.no_output_timeout:g} reached: "
+            f"no output for {now - last_output:.0f} s, the process looks hung"
+        )
