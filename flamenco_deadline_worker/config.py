@@ -1,0 +1,290 @@
+"""Configuration: TOML files layered with environment variables and flags, validated key by key.
+
+Layers, later wins: built-in defaults < /etc/flamenco-worker/flamenco-worker.cfg < ./flamenco-worker.cfg
+(or the --config files instead of those two) < <home>/.flamenco-worker.cfg < FLAMENCO_WORKER_* < flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+TABLE = "flamenco-worker"
+SYSTEM_CONFIG = Path("/etc/flamenco-worker/flamenco-worker.cfg")
+LOCAL_CONFIG = Path("flamenco-worker.cfg")
+HOME_CONFIG_NAME = ".flamenco-worker.cfg"
+ENV_PREFIX = "FLAMENCO_WORKER_"
+
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message reads `source: key: what is wrong`."""
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _exit_code(v: Any) -> str | None:
+    return None if 0 < v < 256 and v != EXIT_CONFIG_ERROR else "must be an exit code from 1 to 255, not 2"
+
+
+def _oom(v: Any) -> str | None:
+    return None if -1000 <= v <= 1000 else "must be between -1000 and 1000"
+
+
+def _backend(v: Any) -> str | None:
+    return None if v in ("flamenco", "deadline") else "must be 'flamenco' or 'deadline'"
+
+
+def _log_level(v: Any) -> str | None:
+    ok = ("debug", "info", "warning", "error")
+    return None if v.lower() in ok else f"must be one of {', '.join(ok)}"
+
+
+def _url(v: Any) -> str | None:
+    if v and not (v.startswith("http://") or v.startswith("https://")):
+        return "must start with http:// or https://"
+    return None
+
+
+@attrs.frozen
+class Key:
+    """One configuration key: its type, default, check and the line that documents it."""
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    secret: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    Key("backend", str, "flamenco", "Service to work for: 'flamenco' or 'deadline'.", _backend),
+    Key("manager_url", str, "", "URL of the Flamenco Manager, e.g. http://manager:8080/.", _url),
+    Key("worker_name", str, "", "Name shown in the Manager; empty means this host's name."),
+    Key(
+        "task_types",
+        list,
+        ["blender", "ffmpeg", "file-management", "misc"],
+        "Task types this worker signs on with.",
+    ),
+    Key("task_update_queue_db", str, "flamenco-worker.db", "SQLite file of the durable update queue."),
+    Key("logs_dir", str, "flamenco-worker-logs", "Directory for the agent log and per-task logs."),
+    Key("work_dir", str, "flamenco-worker-tasks", "Directory holding a working directory per task."),
+    Key("may_i_run_interval_seconds", float, 5.0, "How often to ask whether the running task may go on.",
+        _positive),
+    Key("task_poll_interval_seconds", float, 2.0, "Wait when the Manager has no task (jitter added).",
+        _positive),
+    Key("asleep_poll_interval_seconds", float, 5.0, "How often an asleep worker asks for a state change.",
+        _positive),
+    Key("push_log_max_interval_seconds", float, 1.0, "Longest time a log line waits before it is sent.",
+        _non_negative),
+    Key("push_log_max_bytes", int, 256 * 1024, "Most log bytes sent in one task update.", _positive),
+    Key("push_act_max_interval_seconds", float, 1.0, "Shortest time between two activity-only updates.",
+        _non_negative),
+    Key("queue_backlog_max_bytes", int, 64 * 1024 * 1024,
+        "No new task is fetched while undelivered updates exceed this size.", _positive),
+    Key("shutdown_flush_seconds", float, 10.0, "How long shutdown tries to deliver queued updates.",
+        _non_negative),
+    Key("kill_grace_seconds", float, 10.0, "Time between SIGTERM and SIGKILL when a task is aborted.",
+        _non_negative),
+    Key("command_timeout_seconds", float, 0.0, "Fail a command running longer than this (0: no limit).",
+        _non_negative),
+    Key("no_output_timeout_seconds", float, 0.0,
+        "Fail a command printing nothing for this long (0: no limit).", _non_negative),
+    Key("job_user", str, "", "Run task processes as this user (empty: as the worker's user)."),
+    Key("oom_score_adj", int, 500, "oom_score_adj of task processes, so the kernel kills them first.", _oom),
+    Key("restart_exit_code", int, 47, "Exit code when the Manager asks the worker to restart.", _exit_code),
+    Key("structured_logs", bool, False, "Write the agent log as one JSON object per line."),
+    Key("log_level", str, "info", "Agent log level: debug, info, warning or error.", _log_level),
+    Key("tls_ca_file", str, "", "Extra CA bundle for an https Manager (TLS is always verified)."),
+    Key("farm_id", str, "", "Deadline Cloud farm id (backend = 'deadline')."),
+    Key("fleet_id", str, "", "Deadline Cloud fleet id (backend = 'deadline')."),
+    Key("worker_id", str, "", "Written by the worker at registration; keep it with worker_secret."),
+    Key("worker_secret", str, "", "Written by the worker at registration; never logged.", secret=True),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+
+@attrs.frozen
+class WorkerConfig:
+    """The effective configuration.  Paths are absolute, resolved against ``home``."""
+
+    home: Path
+    home_config: Path
+    backend: str
+    manager_url: str
+    worker_name: str
+    task_types: tuple[str, ...]
+    task_update_queue_db: Path
+    logs_dir: Path
+    work_dir: Path
+    may_i_run_interval_seconds: float
+    task_poll_interval_seconds: float
+    asleep_poll_interval_seconds: float
+    push_log_max_interval_seconds: float
+    push_log_max_bytes: int
+    push_act_max_interval_seconds: float
+    queue_backlog_max_bytes: int
+    shutdown_flush_seconds: float
+    kill_grace_seconds: float
+    command_timeout_seconds: float
+    no_output_timeout_seconds: float
+    job_user: str
+    oom_score_adj: int
+    restart_exit_code: int
+    structured_logs: bool
+    log_level: str
+    tls_ca_file: str
+    farm_id: str
+    fleet_id: str
+    worker_id: str
+    worker_secret: str = attrs.field(repr=False)
+    sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+
+    def source_of(self, key: str) -> str:
+        return self.sources.get(key, "default")
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_PREFIX + "HOME")
+    return Path(env) if env else Path.home()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The [flamenco-worker] table of one file; ConfigError names the file on a syntax error."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    table = data.get(TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{TABLE}] must be a table")
+    for other in data:
+        if other != TABLE:
+            log.warning("%s: unknown table or key %r outside [%s], ignored", path, other, TABLE)
+    return table
+
+
+def _convert(key: Key, value: Any, source: str) -> Any:
+    """Check (and, for env vars, parse) one value; ConfigError as `source: key: problem`."""
+    if isinstance(value, str) and source.startswith("$") and key.type is not str:
+        value = _parse_env(key, value, source)
+    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, key.type) and not (key.type is not bool and isinstance(value, bool))
+    if not ok:
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+        raise ConfigError(f"{source}: {key.name}: must be {names[key.type]}, got {value!r}")
+    if key.type is list and not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{source}: {key.name}: must be a list of non-empty strings, got {value!r}")
+    if key.check is not None:
+        problem = key.check(value)
+        if problem:
+            shown = "(hidden)" if key.secret else repr(value)
+            raise ConfigError(f"{source}: {key.name}: {problem}, got {shown}")
+    return value
+
+
+def _parse_env(key: Key, text: str, source: str) -> Any:
+    try:
+        if key.type is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if key.type is int:
+            return int(text)
+        if key.type is float:
+            return float(text)
+        if key.type is list:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    except ValueError:
+        pass
+    raise ConfigError(f"{source}: {key.name}: cannot read {text!r} as {key.type.__name__}")
+
+
+def load(
+    *,
+    config_files: Sequence[Path] | None = None,
+    home: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerConfig:
+    """Build the effective configuration from every layer."""
+    environ = os.environ if environ is None else environ
+    home = (home or (Path(environ[ENV_PREFIX + "HOME"]) if environ.get(ENV_PREFIX + "HOME") else Path.home()))
+    home = home.expanduser().absolute()
+    home_config = home / HOME_CONFIG_NAME
+
+    values: dict[str, Any] = {k.name: k.default for k in KEYS}
+    sources: dict[str, str] = {}
+    files = list(config_files) if config_files is not None else [SYSTEM_CONFIG, LOCAL_CONFIG]
+    files.append(home_config)
+    for path in files:
+        if config_files is not None and path in config_files and not path.exists():
+            raise ConfigError(f"{path}: --config file does not exist")
+        if not path.exists():
+            continue
+        for name, value in read_toml(path).items():
+            key = KEYS_BY_NAME.get(name)
+            if key is None:
+                log.warning("%s: unknown key %r ignored (known keys: see worker.cfg.example)", path, name)
+                continue
+            values[name] = _convert(key, value, str(path))
+            sources[name] = str(path)
+
+    for key in KEYS:
+        env_name = ENV_PREFIX + key.name.upper()
+        if env_name in environ:
+            values[key.name] = _convert(key, environ[env_name], f"${env_name}")
+            sources[key.name] = f"${env_name}"
+
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        values[name] = _convert(KEYS_BY_NAME[name], value, f"--{name.replace('_', '-')}")
+        sources[name] = "command line"
+
+    values["worker_name"] = values["worker_name"] or socket.gethostname()
+    values["task_types"] = tuple(values["task_types"])
+    values["log_level"] = values["log_level"].lower()
+    for name in ("task_update_queue_db", "logs_dir", "work_dir"):
+        values[name] = home / Path(values[name]).expanduser()
+    return WorkerConfig(home=home, home_config=home_config, sources=sources, **values)
+
+
+def require_manager(config: WorkerConfig) -> None:
+    if config.backend == "flamenco" and not config.manager_url:
+        raise ConfigError(
+            "manager_url: not set; give --manager URL, set FLAMENCO_WORKER_MANAGER_URL, "
+            f"or put manager_url in {SYSTEM_CONFIG} or {config.home_config}"
+        )
+    if config.backend == "deadline" and not (config.farm_id and config.fleet_id):
+        raise ConfigError("farm_id/fleet_id: both are needed with backend = 'deadline' (--farm-id, --fleet-id)")

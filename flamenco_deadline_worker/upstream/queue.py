@@ -1,0 +1,307 @@
+"""TaskUpdateQueue: every status change and log line is committed to SQLite, then drained to the service.
+
+The runner calls ``put`` (committed before it returns) and ``put_log`` (buffered, committed within
+``log_commit_interval``).  ``run_drain`` delivers the rows of each task in order, merging log chunks
+into larger updates, and decides what each answer means.  A task whose delivery fails waits on its
+own backoff; the other tasks' updates keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update, UpdateSink
+from flamenco_deadline_worker.upstream.store import Backlog, Row, UpdateStore
+
+log = logging.getLogger(__name__)
+
+TaskGoneCallback = Callable[[str, str], None]
+
+MIN_BACKOFF = 0.25
+MAX_BACKOFF = 30.0
+# Logs buffered in memory beyond this are committed at once rather than waiting for the timer.
+PENDING_FLUSH_BYTES = 1024 * 1024
+
+
+class TaskUpdateQueue:
+    def __init__(
+        self,
+        db_path: Path,
+        sink: UpdateSink,
+        *,
+        push_log_max_bytes: int = 256 * 1024,
+        push_log_max_interval: float = 1.0,
+        log_commit_interval: float = 0.1,
+        on_task_gone: TaskGoneCallback | None = None,
+    ) -> None:
+        self.store = UpdateStore(db_path)
+        self.sink = sink
+        self.push_log_max_bytes = push_log_max_bytes
+        self.push_log_max_interval = push_log_max_interval
+        self.log_commit_interval = log_commit_interval
+        self.on_task_gone = on_task_gone
+
+        self._pending: list[tuple[str, str]] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._gone: set[str] = set()
+        self._backoff: dict[str, tuple[float, float]] = {}  # task -> (retry at, current delay)
+        self._outage_since: float | None = None
+        self._stored_bytes = 0
+        self.delivered_updates = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.store.open()
+        backlog = await self.store.backlog()
+        self._stored_bytes = backlog.nbytes
+        if backlog.count:
+            log.info(
+                "update queue holds %d updates (%d bytes) from an earlier run; delivering them first",
+                backlog.count, backlog.nbytes,
+            )
+
+    async def close(self) -> None:
+        await self.commit_logs()
+        await self.store.close()
+
+    # ---- producer side ---------------------------------------------------------------------
+
+    def put_log(self, task_id: str, text: str) -> None:
+        """Queue log text (one or more lines, each ending in a newline) without waiting."""
+        if task_id in self._gone or not text:
+            return
+        self._pending.append((task_id, text))
+        self._pending_bytes += len(text)
+        if self._pending_bytes >= PENDING_FLUSH_BYTES:
+            self._schedule_commit(0.0)
+        elif self._flush_handle is None and self._flush_task is None:
+            self._schedule_commit(self.log_commit_interval)
+
+    async def put(self, update: Update) -> None:
+        """Commit ``update`` (after any buffered log text) before returning."""
+        if update.task_id in self._gone:
+            log.debug("dropping update for task %s: it is no longer ours", update.task_id)
+            return
+        async with self._write_lock:
+            rows = self._take_pending_rows()
+            rows.append(self._row(update))
+            await self._insert(rows)
+
+    async def commit_logs(self) -> None:
+        async with self._write_lock:
+            rows = self._take_pending_rows()
+            if rows:
+                await self._insert(rows)
+
+    def forget_task(self, task_id: str, reason: str) -> None:
+        """Updates for this task will no longer be accepted (it was taken away)."""
+        self._gone.add(task_id)
+
+    def _schedule_commit(self, delay: float) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(delay, self._start_commit_task)
+
+    def _start_commit_task(self) -> None:
+        self._flush_handle = None
+        if self._flush_task is None:
+            self._flush_task = asyncio.ensure_future(self._commit_task())
+
+    async def _commit_task(self) -> None:
+        try:
+            await self.commit_logs()
+        except Exception:
+            log.exception("could not commit log lines to the update queue; will try again")
+            self._flush_task = None
+            self._schedule_commit(1.0)
+            return
+        self._flush_task = None
+        if self._pending:
+            self._schedule_commit(self.log_commit_interval)
+
+    def _take_pending_rows(self) -> list[tuple[str, float, int, str]]:
+        """Buffered log text as rows, consecutive text of one task joined into one row."""
+        rows: list[tuple[str, float, int, str]] = []
+        if not self._pending:
+            return rows
+        now = time.time()
+        current_task = self._pending[0][0]
+        parts: list[str] = []
+        for task_id, text in self._pending:
+            if task_id != current_task:
+                rows.append(self._log_row(current_task, "".join(parts), now))
+                current_task, parts = task_id, []
+            parts.append(text)
+        rows.append(self._log_row(current_task, "".join(parts), now))
+        self._pending = []
+        self._pending_bytes = 0
+        return rows
+
+    def _log_row(self, task_id: str, text: str, now: float) -> tuple[str, float, int, str]:
+        payload = json.dumps({"log": text}, ensure_ascii=False)
+        return (task_id, now, len(text), payload)
+
+    def _row(self, update: Update) -> tuple[str, float, int, str]:
+        payload = json.dumps(update.to_json(), ensure_ascii=False)
+        return (update.task_id, time.time(), len(update.log) + 64, payload)
+
+    async def _insert(self, rows: list[tuple[str, float, int, str]]) -> None:
+        rows = [r for r in rows if r[0] not in self._gone]
+        if not rows:
+            return
+        await self.store.insert(rows)
+        self._stored_bytes += sum(r[2] for r in rows)
+        self._changed.set()
+
+    # ---- inspection ------------------------------------------------------------------------
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes waiting for delivery, committed or still buffered (cheap: kept in memory)."""
+        return self._stored_bytes + self._pending_bytes
+
+    async def backlog(self) -> Backlog:
+        return await self.store.backlog()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far is delivered (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        await self.commit_logs()
+        while True:
+            if (await self.store.backlog()).count == 0 and not self._pending:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
+
+    # ---- drain -----------------------------------------------------------------------------
+
+    async def run_drain(self) -> None:
+        """Deliver queued updates until cancelled."""
+        while True:
+            wait = await self.drain_once()
+            if wait is None:
+                continue
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def drain_once(self) -> float | None:
+        """Deliver one batch.  Returns None when it did work, else how long to wait for news."""
+        now_mono = time.monotonic()
+        now = time.time()
+        wait = 3600.0
+        for task_id, _ in await self.store.heads():
+            retry_at = self._backoff.get(task_id, (0.0, 0.0))[0]
+            if retry_at > now_mono:
+                wait = min(wait, retry_at - now_mono)
+                continue
+            rows = await self.store.rows_of(task_id, limit=1000)
+            batch, update = self._merge(rows)
+            if batch is None or update is None:
+                continue
+            if update.status is None and not self._worth_sending(batch, update, now):
+                wait = min(wait, batch[0].created + self.push_log_max_interval - now)
+                continue
+            await self._deliver(task_id, batch, update)
+            return None
+        return max(wait, 0.01)
+
+    def _worth_sending(self, batch: list[Row], update: Update, now: float) -> bool:
+        """A log-only batch waits to grow, up to push_log_max_interval or push_log_max_bytes."""
+        if update.activity is not None or update.steps_completed is not None or update.extra:
+            return True
+        if sum(r.nbytes for r in batch) >= self.push_log_max_bytes:
+            return True
+        return now - batch[0].created >= self.push_log_max_interval
+
+    def _merge(self, rows: list[Row]) -> tuple[list[Row] | None, Update | None]:
+        """The longest prefix of ``rows`` that makes one update: one status change at most, at its end."""
+        batch: list[Row] = []
+        merged: Update | None = None
+        size = 0
+        for row in rows:
+            try:
+                update = Update.from_json(row.task_id, json.loads(row.payload))
+            except (ValueError, TypeError) as exc:
+                log.error("update %d of task %s is unreadable (%s); dropping it", row.id, row.task_id, exc)
+                batch.append(row)
+                continue
+            if merged is not None and size + len(update.log) > self.push_log_max_bytes:
+                break
+            merged = update if merged is None else merged.merged_with(update)
+            batch.append(row)
+            size += len(update.log)
+            if update.status is not None:
+                break
+        return batch, merged
+
+    async def _deliver(self, task_id: str, batch: list[Row], update: Update) -> None:
+        try:
+            result = await self.sink.deliver(update)
+        except Exception as exc:  # a sink must not raise, but a bug there must not stop the drain
+            log.exception("delivering an update of task %s raised; will retry", task_id)
+            result = DeliveryResult(Delivery.RETRY, reason=f"internal error: {exc}")
+        ids = [r.id for r in batch]
+        if result.outcome is Delivery.DELIVERED:
+            await self._remove(ids, batch)
+            self._backoff.pop(task_id, None)
+            self.delivered_updates += 1
+            if self._outage_since is not None:
+                log.info(
+                    "updates are being delivered again after %.0f s of failures", time.monotonic()
+                    - self._outage_since,
+                )
+                self._outage_since = None
+        elif result.outcome is Delivery.RETRY:
+            self._retry_later(task_id, result)
+        elif result.outcome is Delivery.REJECTED:
+            log.error(
+                "task %s: the service rejected an update for good (%s); dropped %d queued update(s)",
+                task_id, result.reason, len(ids),
+            )
+            await self._remove(ids, batch)
+        else:
+            self._gone.add(task_id)
+            dropped = await self.store.delete_task(task_id)
+            self._stored_bytes = (await self.store.backlog()).nbytes
+            log.warning(
+                "task %s is no longer ours (%s); dropped its %d queued update(s)", task_id, result.reason, dropped
+            )
+            if self.on_task_gone is not None:
+                self.on_task_gone(task_id, result.reason)
+
+    async def _remove(self, ids: list[int], batch: list[Row]) -> None:
+        await self.store.delete_ids(ids)
+        self._stored_bytes = max(0, self._stored_bytes - sum(r.nbytes for r in batch))
+        self._changed.set()
+
+    def _retry_later(self, task_id: str, result: DeliveryResult) -> None:
+        delay = self._backoff.get(task_id, (0.0, 0.0))[1]
+        delay = min(MAX_BACKOFF, max(MIN_BACKOFF, delay * 2))
+        wait = result.retry_after if result.retry_after is not None else delay * random.uniform(0.75, 1.25)
+        self._backoff[task_id] = (time.monotonic() + wait, delay)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("could not deliver updates (%s); will keep retrying, queued safely on disk", result.reason)
+        else:
+            log.debug("task %s: delivery failed again (%s); retry in %.2f s", task_id, result.reason, wait)
