@@ -1,0 +1,651 @@
+"""A local Flamenco-3-compatible Manager for `flamenco-worker demo` and the end-to-end tests.
+
+It speaks the worker part of the Flamenco API (`/api/v3/worker/*`) the way the real Manager answers, keeps
+everything in memory, and adds what tests need: an in-process API to submit jobs and inspect tasks, fault
+injection, going down and coming back on the same port, and optional checking of every request and answer
+against the OpenAPI spec.  All of it runs on one event loop.
+
+Run it standalone with `python -m flamenco_deadline_worker.testing.manager --port 8080`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import re
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from aiohttp import BasicAuth, web
+
+from flamenco_deadline_worker.testing.records import (
+    FAKE_OTHER_WORKER,
+    TASK_STATUSES,
+    WORKER_STATUSES,
+    Faults,
+    JobRecord,
+    Preview,
+    ReceivedUpdate,
+    TaskRecord,
+    WorkerRecord,
+    build_task,
+    job_status_from_tasks,
+)
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.testing.spec_check import SpecChecker
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MANAGER_VERSION = {
+    "version": "3.5-local",
+    "shortversion": "3.5",
+    "name": "Local test Manager",
+    "git": "local",
+}
+PREVIEW_TYPES = frozenset({"image/png", "image/jpeg"})
+MAX_PREVIEW_BYTES = 10 * 1024 * 1024
+_TASK_UPDATE_PATH = re.compile(r"^/api/v3/worker/task/[^/]+$")
+
+
+class _Reply(Exception):
+    """Raised by a helper to answer the request right away (auth failure, bad body, unknown task)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Flamenco's `Error` JSON, which the real Manager sends with every error status."""
+    return web.json_response({"code": status, "message": message}, status=status, headers=headers)
+
+
+class LocalManager:
+    """An in-memory Flamenco Manager on a real port, plus a Python API for tests."""
+
+    def __init__(self, validate_against: Path | None = None, seed: int = 0) -> None:
+        self.validate_against = validate_against
+        self.faults = Faults(seed=seed)
+        self.workers: dict[str, WorkerRecord] = {}
+        self.jobs: dict[str, JobRecord] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.spec_violations: list[str] = []
+        self._ids = random.Random(seed)  # separate from the fault random, so ids do not shift fault choices
+        self._checker: SpecChecker | None = None
+        self._changed_cond = asyncio.Condition()
+        self._notifiers: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._host = "127.0.0.1"
+        self._port = 0
+
+    # ----- lifecycle -----
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start listening; answers the base URL.  The port is kept for `come_back()`."""
+        if self.validate_against is not None and self._checker is None:
+            from flamenco_deadline_worker.testing.spec_check import SpecChecker
+
+            # Parsing the spec takes a moment: keep it off the event loop.
+            self._checker = await asyncio.to_thread(SpecChecker, self.validate_against)
+        self._host = host
+        self._port = port
+        await self._listen()
+        log.info("local Flamenco manager listening on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        await self._close()
+        if self._notifiers:
+            await asyncio.gather(*self._notifiers, return_exceptions=True)
+
+    async def go_down(self) -> None:
+        """Stop listening and drop open connections: clients get connection refused or reset."""
+        await self._close()
+        log.info("local Flamenco manager went down")
+
+    async def come_back(self) -> None:
+        """Listen again on the same port."""
+        if self._runner is None:
+            await self._listen()
+            log.info("local Flamenco manager is back on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    async def _listen(self) -> None:
+        # A fresh app and runner each time: an aiohttp app cannot be set up again after cleanup.
+        runner = web.AppRunner(self._make_app(), shutdown_timeout=0.0, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port, reuse_address=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def _close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()  # shutdown_timeout=0: open connections are closed, not drained
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_PREVIEW_BYTES + 1024)
+        # Route names are the spec's operationIds, so violations and logs can name the operation.
+        add = app.router.add_route
+        add("GET", "/api/v3/version", self._get_version, name="getVersion")
+        add("POST", "/api/v3/worker/register-worker", self._register_worker, name="registerWorker")
+        add("POST", "/api/v3/worker/sign-on", self._sign_on, name="signOn")
+        add("POST", "/api/v3/worker/sign-off", self._sign_off, name="signOff")
+        add("GET", "/api/v3/worker/state", self._worker_state, name="workerState")
+        add("POST", "/api/v3/worker/state-changed", self._state_changed, name="workerStateChanged")
+        add("POST", "/api/v3/worker/task", self._schedule_task, name="scheduleTask")
+        add("POST", "/api/v3/worker/task/{task_id}", self._task_update, name="taskUpdate")
+        add("GET", "/api/v3/worker/task/{task_id}/may-i-run", self._may_i_run, name="mayWorkerRun")
+        add(
+            "POST",
+            "/api/v3/worker/task/{task_id}/output-produced",
+            self._output_produced,
+            name="taskOutputProduced",
+        )
+        add("POST", "/local/jobs", self._local_submit, name="localSubmitJob")
+        add("GET", "/local/jobs", self._local_jobs, name="localJobs")
+        add("GET", "/local/jobs/{job_id}", self._local_job, name="localJob")
+        add("GET", "/local/tasks/{task_id}/log", self._local_task_log, name="localTaskLog")
+        add("GET", "/local/workers", self._local_workers, name="localWorkers")
+        return app
+
+    # ----- in-process API for tests -----
+
+    def submit_job(self, name: str, tasks: list[dict[str, Any]], job_type: str = "simple") -> str:
+        """Queue a job; tasks are handed out in list order.  Answers the job id."""
+        job_id = self._new_id()
+        records = [build_task(job_id, self._new_id(), i, spec) for i, spec in enumerate(tasks)]
+        for record in records:
+            self.tasks[record.id] = record
+        self.jobs[job_id] = JobRecord(
+            id=job_id, name=name, job_type=job_type, task_ids=[t.id for t in records]
+        )
+        self._update_job(job_id)
+        log.info("job %s %r submitted with %d tasks", job_id, name, len(records))
+        return job_id
+
+    def job(self, job_id: str) -> JobRecord:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise KeyError(f"no job {job_id!r}; known jobs: {sorted(self.jobs)}") from None
+
+    def task(self, task_id: str) -> TaskRecord:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise KeyError(f"no task {task_id!r}; known tasks: {sorted(self.tasks)}") from None
+
+    def job_tasks(self, job_id: str) -> list[TaskRecord]:
+        return [self.tasks[t] for t in self.job(job_id).task_ids]
+
+    def request_state(self, worker_id: str, status: str | None) -> None:
+        """Ask a worker to go to `status` (None withdraws the request), like the web interface does."""
+        if status is not None and status not in WORKER_STATUSES:
+            raise ValueError(f"unknown worker status {status!r}; expected one of {sorted(WORKER_STATUSES)}")
+        self.workers[worker_id].status_requested = status
+        self._changed()
+
+    def reassign_task(self, task_id: str, to_other_worker: bool = False) -> None:
+        """Take a task from its worker: its later updates get 409 and may-i-run says no.
+
+        The task goes back to the queue, or, with `to_other_worker`, stays active on a fake other worker.
+        """
+        task = self.task(task_id)
+        if to_other_worker:
+            task.worker_id, task.status = FAKE_OTHER_WORKER, "active"
+        else:
+            task.worker_id, task.status = None, "queued"
+        self._update_job(task.job_id)
+
+    def cancel_task(self, task_id: str) -> None:
+        """Cancel a task; its worker learns it from may-i-run."""
+        task = self.task(task_id)
+        task.status = "canceled"
+        self._update_job(task.job_id)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until `predicate()` holds; it is checked again after every state change."""
+
+        async def wait() -> None:
+            async with self._changed_cond:
+                await self._changed_cond.wait_for(predicate)
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"condition {getattr(predicate, '__qualname__', predicate)} still false after {timeout} s; "
+                f"manager state: {self.describe()}"
+            ) from None
+
+    def describe(self) -> str:
+        """A one-paragraph summary of workers, jobs and tasks, for failure messages."""
+        workers = ", ".join(
+            f"{w.name} {w.id[:8]} {w.status}"
+            + (f" (requested {w.status_requested})" if w.status_requested else "")
+            for w in self.workers.values()
+        )
+        jobs = "; ".join(
+            f"job {j.name!r} {j.id[:8]} {j.status}: "
+            + ", ".join(
+                f"{t.name} {t.status} {t.steps_completed}/{t.steps_total}"
+                + (f" on {t.worker_id[:8]}" if t.worker_id else "")
+                for t in self.job_tasks(j.id)
+            )
+            for j in self.jobs.values()
+        )
+        return f"workers: [{workers or 'none'}]; jobs: [{jobs or 'none'}]"
+
+    # ----- state helpers -----
+
+    def _new_id(self) -> str:
+        return str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
+
+    def _changed(self) -> None:
+        """Wake up `wait_for` callers.  Notifying needs the condition's lock, hence a small task."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop running, so nobody can be waiting
+        task = loop.create_task(self._notify())
+        self._notifiers.add(task)
+        task.add_done_callback(self._notifiers.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed_cond:
+            self._changed_cond.notify_all()
+
+    def _update_job(self, job_id: str) -> None:
+        job = self.jobs[job_id]
+        job.status = job_status_from_tasks([t.status for t in self.job_tasks(job_id)])
+        self._changed()
+
+    def _requeue_tasks_of(self, worker: WorkerRecord) -> None:
+        for task in self.tasks.values():
+            if task.worker_id == worker.id and task.status == "active":
+                task.worker_id, task.status = None, "queued"
+                log.info("task %s requeued: worker %s left", task.id, worker.id)
+                self._update_job(task.job_id)
+
+    def _next_task_for(self, worker: WorkerRecord) -> TaskRecord | None:
+        for task in self.tasks.values():  # the worker's own active task first: the real Manager re-sends it
+            if task.worker_id == worker.id and task.status == "active":
+                return task
+        for job in self.jobs.values():
+            if job.status not in ("queued", "active"):
+                continue
+            tasks = self.job_tasks(job.id)
+            done = {t.name for t in tasks if t.status == "completed"}
+            for task in tasks:
+                if (
+                    task.status == "queued"
+                    and task.task_type in worker.supported_task_types
+                    and all(d in done for d in task.depends_on)
+                ):
+                    return task
+        return None
+
+    def _assigned_task_json(self, task: TaskRecord) -> JSON:
+        job = self.jobs[task.job_id]
+        return {
+            "uuid": task.id,
+            "job": job.id,
+            "name": task.name,
+            "status": task.status,
+            "priority": 50,
+            "job_priority": job.priority,
+            "job_type": job.job_type,
+            "task_type": task.task_type,
+            "commands": task.commands,
+            "steps_completed": task.steps_completed,
+            "steps_total": task.steps_total,
+        }
+
+    def _authenticate(self, request: web.Request) -> WorkerRecord:
+        header = request.headers.get("Authorization", "")
+        try:
+            auth = BasicAuth.decode(header)
+        except ValueError:
+            raise _Reply(error_response(401, "missing or malformed HTTP basic auth (worker UUID and secret)"))
+        worker = self.workers.get(auth.login)
+        if worker is None or worker.secret != auth.password:
+            raise _Reply(error_response(401, f"unknown worker {auth.login!r} or wrong secret"))
+        worker.last_seen = time.time()
+        return worker
+
+    def _task_from_path(self, request: web.Request) -> TaskRecord:
+        task = self.tasks.get(request.match_info["task_id"])
+        if task is None:
+            raise _Reply(error_response(404, f"no task {request.match_info['task_id']!r}"))
+        return task
+
+    @staticmethod
+    async def _json_object(request: web.Request) -> JSON:
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError as ex:
+            raise _Reply(error_response(400, f"request body is not valid JSON: {ex}"))
+        if not isinstance(body, dict):
+            raise _Reply(error_response(400, "request body must be a JSON object"))
+        return body
+
+    @staticmethod
+    def _require(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
+        value = body.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise _Reply(error_response(400, f"field {key!r} is missing or has the wrong type: {value!r}"))
+        return value
+
+    # ----- middleware: replies, faults and spec checks -----
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.name or f"{request.method} {request.path}"
+        checker = self._checker if request.path.startswith("/api/v3/") else None
+        body = await request.read() if checker is not None else b""
+        if checker is not None:
+            self._record_violations(route, "request", checker.check_request(request, body))
+
+        fault = self.faults.pick(request.method, request.path, bool(_TASK_UPDATE_PATH.match(request.path)))
+        if fault is not None:
+            status, headers = fault
+            if request.match_info.route.name == "taskUpdate":
+                self._record_rejected_update(request, status)
+            log.info("%s: injected answer %d", route, status)
+            # Injected answers are deliberate, so they are not checked against the spec.
+            return error_response(status, "injected fault: the manager is pretending to fail", headers)
+
+        try:
+            response = await handler(request)
+        except _Reply as reply:
+            response = reply.response
+        if checker is not None:
+            problems = checker.check_response(request, body, response)
+            self._record_violations(route, f"answer {response.status}", problems)
+        return response
+
+    def _record_violations(self, operation: str, what: str, problems: list[str]) -> None:
+        for problem in problems:
+            violation = f"{operation}: {what}: {problem}"
+            log.warning("spec violation: %s", violation)
+            self.spec_violations.append(violation)
+        if problems:
+            self._changed()
+
+    def _record_rejected_update(self, request: web.Request, status: int) -> None:
+        task = self.tasks.get(request.match_info["task_id"])
+        try:
+            worker_id = BasicAuth.decode(request.headers.get("Authorization", "")).login
+        except ValueError:
+            worker_id = ""
+        if task is not None:
+            task.rejected_updates.append(ReceivedUpdate(worker_id=worker_id, answer=status))
+            self._changed()
+
+    # ----- worker API -----
+
+    async def _get_version(self, request: web.Request) -> web.Response:
+        return web.json_response(MANAGER_VERSION)
+
+    async def _register_worker(self, request: web.Request) -> web.Response:
+        body = await self._json_object(request)
+        worker = WorkerRecord(
+            id=self._new_id(),
+            name=self._require(body, "name", str),
+            secret=self._require(body, "secret", str),
+            platform=self._require(body, "platform", str),
+            supported_task_types=[str(t) for t in self._require(body, "supported_task_types", list)],
+            address=request.remote or "",
+            software=str(body.get("software", "")),
+        )
+        self.workers[worker.id] = worker
+        log.info("worker %s %r registered", worker.id, worker.name)
+        self._changed()
+        return web.json_response(self._registered_worker_json(worker))
+
+    @staticmethod
+    def _registered_worker_json(worker: WorkerRecord) -> JSON:
+        return {
+            "uuid": worker.id,
+            "name": worker.name,
+            "address": worker.address,
+            "status": worker.status,
+            "platform": worker.platform,
+            "software": worker.software,
+            "supported_task_types": worker.supported_task_types,
+            "current_task": None,
+        }
+
+    async def _sign_on(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        body = await self._json_object(request)
+        worker.name = self._require(body, "name", str)
+        worker.supported_task_types = [str(t) for t in self._require(body, "supported_task_types", list)]
+        worker.software = self._require(body, "software_version", str)
+        worker.can_restart = bool(body.get("can_restart", False))
+        worker.address = request.remote or worker.address
+        # Like Flamenco: "starting" until the worker confirms the requested state through state-changed.
+        worker.status = "starting"
+        self._changed()
+        return web.json_response({"status_requested": worker.status_requested or "awake"})
+
+    async def _sign_off(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        worker.status = "offline"
+        self._requeue_tasks_of(worker)
+        self._changed()
+        return web.Response(status=204)
+
+    async def _worker_state(self, request: web.Request) -> web.Response:
+        requested = self._authenticate(request).change_requested()
+        if requested is None:
+            return web.Response(status=204)
+        return web.json_response({"status_requested": requested})
+
+    async def _state_changed(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        status = self._require(await self._json_object(request), "status", str)
+        if status not in WORKER_STATUSES:
+            raise _Reply(error_response(400, f"unknown worker status {status!r}"))
+        worker.status = status
+        if worker.status_requested == status:
+            worker.status_requested = None
+        if status == "offline":
+            self._requeue_tasks_of(worker)
+        self._changed()
+        return web.Response(status=204)
+
+    async def _schedule_task(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        requested = worker.change_requested()
+        if requested is not None:
+            return web.json_response({"status_requested": requested}, status=423)
+        if worker.status != "awake":
+            return error_response(409, f"worker is {worker.status}, only awake workers get tasks")
+        task = self._next_task_for(worker)
+        if task is None:
+            return web.Response(status=204)
+        if task.worker_id != worker.id:
+            task.worker_id, task.status = worker.id, "active"
+            log.info("task %s %r assigned to worker %s", task.id, task.name, worker.id)
+            self._update_job(task.job_id)
+        return web.json_response(self._assigned_task_json(task))
+
+    async def _task_update(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        task = self._task_from_path(request)
+        body = await self._json_object(request)
+        update = ReceivedUpdate(
+            worker_id=worker.id,
+            answer=204,
+            task_status=body.get("taskStatus"),
+            activity=body.get("activity"),
+            log=body.get("log"),
+            steps_completed=body.get("steps_completed"),
+        )
+        answer = self._refuse_update(worker, task, update)
+        if answer is not None:
+            task.rejected_updates.append(_with_answer(update, answer.status))
+            self._changed()
+            return answer
+        task.updates.append(update)
+        if update.log:
+            task.log_chunks.append(update.log)
+        if update.activity is not None:
+            task.activity = update.activity
+        if update.steps_completed is not None:
+            task.steps_completed = update.steps_completed
+        # A canceled task stays canceled whatever its worker reports while stopping.
+        if update.task_status is not None and task.status != "canceled":
+            task.status = update.task_status
+        self._update_job(task.job_id)
+        return web.Response(status=204)
+
+    @staticmethod
+    def _refuse_update(worker: WorkerRecord, task: TaskRecord, update: ReceivedUpdate) -> web.Response | None:
+        if task.worker_id != worker.id:
+            return error_response(409, f"task {task.id} is not assigned to worker {worker.id}")
+        if update.task_status is not None and update.task_status not in TASK_STATUSES:
+            return error_response(400, f"unknown taskStatus {update.task_status!r}")
+        for key, value in (("activity", update.activity), ("log", update.log)):
+            if value is not None and not isinstance(value, str):
+                return error_response(400, f"{key} must be a string, not {value!r}")
+        steps = update.steps_completed
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+            return error_response(400, f"steps_completed must be a non-negative integer, not {steps!r}")
+        if steps is not None and steps > task.steps_total:
+            return error_response(400, f"steps_completed {steps} exceeds steps_total {task.steps_total}")
+        return None
+
+    async def _may_i_run(self, request: web.Request) -> web.Response:
+        worker = self._authenticate(request)
+        task = self._task_from_path(request)
+        if worker.change_requested() is not None:
+            may, reason = False, "worker status change requested"
+        elif task.worker_id != worker.id:
+            may, reason = False, "task not assigned to this worker"
+        elif task.status != "active":
+            may, reason = False, f"task is {task.status}"
+        else:
+            may, reason = True, ""
+        answer = {
+            "mayKeepRunning": may,
+            "reason": reason,
+            "statusChangeRequested": worker.change_requested() is not None,
+        }
+        return web.json_response(answer)
+
+    async def _output_produced(self, request: web.Request) -> web.Response:
+        self._authenticate(request)
+        task = self._task_from_path(request)
+        if request.content_length is None:
+            return error_response(411, "Content-Length is required")
+        if request.content_type not in PREVIEW_TYPES:
+            return error_response(415, f"cannot use {request.content_type!r}, send image/png or image/jpeg")
+        if request.content_length > MAX_PREVIEW_BYTES:
+            return error_response(413, f"at most {MAX_PREVIEW_BYTES} bytes, got {request.content_length}")
+        task.preview = Preview(content_type=request.content_type, data=await request.read())
+        task.previews_received += 1
+        self._changed()
+        return web.Response(status=202)
+
+    # ----- local submission and inspection API -----
+
+    async def _local_submit(self, request: web.Request) -> web.Response:
+        body = await self._json_object(request)
+        tasks = self._require(body, "tasks", list)
+        if not all(isinstance(t, dict) for t in tasks):
+            return error_response(400, "every task must be a JSON object")
+        job_id = self.submit_job(self._require(body, "name", str), tasks, str(body.get("job_type", "simple")))
+        return web.json_response({"id": job_id})
+
+    def _job_json(self, job: JobRecord) -> JSON:
+        tasks = [
+            {
+                "id": t.id,
+                "name": t.name,
+                "task_type": t.task_type,
+                "status": t.status,
+                "activity": t.activity,
+                "steps_completed": t.steps_completed,
+                "steps_total": t.steps_total,
+                "worker": t.worker_id,
+                "log_lines": t.log_line_count,
+            }
+            for t in self.job_tasks(job.id)
+        ]
+        return {
+            "id": job.id,
+            "name": job.name,
+            "job_type": job.job_type,
+            "status": job.status,
+            "tasks": tasks,
+        }
+
+    async def _local_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response([self._job_json(j) for j in self.jobs.values()])
+
+    async def _local_job(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return error_response(404, f"no job {request.match_info['job_id']!r}")
+        return web.json_response(self._job_json(job))
+
+    async def _local_task_log(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._task_from_path(request).log)
+
+    async def _local_workers(self, request: web.Request) -> web.Response:
+        return web.json_response([self._registered_worker_json(w) for w in self.workers.values()])
+
+
+def _with_answer(update: ReceivedUpdate, answer: int) -> ReceivedUpdate:
+    return attrs.evolve(update, answer=answer)
+
+
+async def _serve(host: str, port: int, validate_against: Path | None) -> None:
+    manager = LocalManager(validate_against=validate_against)
+    url = await manager.start(host, port)
+    print(f"Local Flamenco manager listening on {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await manager.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the local Flamenco-compatible test manager.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--validate-against", type=Path, help="OpenAPI spec to check requests against")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(_serve(args.host, args.port, args.validate_against))
+
+
+if __name__ == "__main__":
+    main()
