@@ -20,6 +20,14 @@ MAX_LINE_BYTES = 64 * 1024
 
 LineHandler = Callable[[str], None]
 
+# Every child still running, so that a forced exit can take their process groups down with it.
+LIVE_CHILDREN: set[ChildProcess] = set()
+
+
+def kill_all_now() -> None:
+    for child in list(LIVE_CHILDREN):
+        child.signal_group(signal.SIGKILL)
+
 
 class ProcessTimeout(Exception):
     """A hang guard fired; the message says which one."""
@@ -155,7 +163,9 @@ async def spawn(
         limit=READ_CHUNK,
         **extra,  # type: ignore[arg-type]
     )
-    return ChildProcess(proc, full_argv)
+    child = ChildProcess(proc, full_argv)
+    LIVE_CHILDREN.add(child)
+    return child
 
 
 async def run_process(
@@ -207,6 +217,8 @@ async def run_process(
         pump_task.cancel()
         await asyncio.shield(child.terminate_tree(limits.kill_grace))
         raise
+    finally:
+        LIVE_CHILDREN.discard(child)
     # The child is gone; kill anything it left behind in its group (daemonised helpers etc.).
     child.signal_group(signal.SIGKILL)
     return returncode

@@ -1,0 +1,63 @@
+"""Puts the parts together for one worker run: queue, drain, runner, backend and the worker loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from flamenco_deadline_worker import __version__
+from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
+from flamenco_deadline_worker.runner.runner import TaskRunner
+from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+log = logging.getLogger(__name__)
+
+
+def process_limits(config: WorkerConfig) -> ProcessLimits:
+    return ProcessLimits(
+        command_timeout=config.command_timeout_seconds or None,
+        no_output_timeout=config.no_output_timeout_seconds or None,
+        kill_grace=config.kill_grace_seconds,
+        oom_score_adj=config.oom_score_adj,
+    )
+
+
+async def run_flamenco(
+    config: WorkerConfig, stop_event: asyncio.Event, *, single: bool = False, reregister: bool = False
+) -> int:
+    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
+    from flamenco_deadline_worker.worker import FlamencoWorker
+
+    log.info(
+        "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",
+        __version__, config.manager_url, config.home, config.task_update_queue_db,
+    )
+    backend = FlamencoBackend(config, reregister=reregister)
+    queue = TaskUpdateQueue(
+        config.task_update_queue_db,
+        backend,
+        push_log_max_bytes=config.push_log_max_bytes,
+        push_log_max_interval=config.push_log_max_interval_seconds,
+    )
+    await queue.open()
+    runner = TaskRunner(
+        queue,
+        work_root=config.work_dir,
+        logs_dir=config.logs_dir,
+        limits=process_limits(config),
+        run_as=RunAs(config.job_user) if config.job_user else None,
+        activity_interval=config.push_act_max_interval_seconds,
+    )
+    worker = FlamencoWorker(config, backend, queue, runner, single=single)
+    worker.stop_event = stop_event
+    drain = asyncio.ensure_future(queue.run_drain())
+    try:
+        return await worker.run()
+    finally:
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        await queue.close()
+        await backend.close()

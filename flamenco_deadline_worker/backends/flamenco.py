@@ -1,0 +1,302 @@
+"""Flamenco 3 Manager client: the worker endpoints of the HTTP API, in the worker's own words."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import secrets
+import ssl
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from flamenco_deadline_worker import __version__
+from flamenco_deadline_worker.backends.base import (
+    CommandSpec,
+    Delivery,
+    DeliveryResult,
+    FatalServiceError,
+    NotAuthorised,
+    RunPermission,
+    ServiceUnavailable,
+    StateChange,
+    Task,
+    Update,
+    WorkerState,
+)
+from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.credentials import save_keys
+
+log = logging.getLogger(__name__)
+
+API = "/api/v3/worker"
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import datetime
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.datetime.now(when.tzinfo)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+async def error_text(resp: aiohttp.ClientResponse) -> str:
+    """The Manager's error message, or the start of the body, for a person to read."""
+    try:
+        body = await resp.text()
+    except (aiohttp.ClientError, UnicodeDecodeError):
+        return f"HTTP {resp.status}"
+    message = body.strip()[:300]
+    if resp.content_type == "application/json":
+        try:
+            data = await resp.json(content_type=None)
+            if isinstance(data, dict) and "message" in data:
+                message = str(data["message"])
+        except ValueError:
+            pass
+    return f"HTTP {resp.status}: {message}" if message else f"HTTP {resp.status}"
+
+
+def parse_task(data: Any) -> Task:
+    """An AssignedTask answer as a Task; FatalServiceError names what is missing or mistyped."""
+    if not isinstance(data, dict):
+        raise FatalServiceError(f"task answer is not a JSON object: {str(data)[:200]!r}")
+    problems = [k for k in ("uuid", "job", "name", "commands") if k not in data]
+    if problems:
+        raise FatalServiceError(f"task answer lacks {', '.join(problems)}")
+    if not isinstance(data["commands"], list):
+        raise FatalServiceError(f"task {data['uuid']}: 'commands' is not a list")
+    commands = []
+    for i, cmd in enumerate(data["commands"], start=1):
+        if isinstance(cmd, dict):
+            steps = cmd.get("total_step_count", 0)
+            commands.append(
+                CommandSpec(
+                    name=str(cmd.get("name", "")),
+                    parameters=cmd.get("parameters", {}),
+                    total_step_count=steps if isinstance(steps, int) else 0,
+                )
+            )
+        else:
+            # Kept as an invalid command so the task fails with a message instead of the worker.
+            commands.append(CommandSpec(name=f"<command {i} is not an object>", parameters={}))
+    return Task(
+        id=str(data["uuid"]),
+        job_id=str(data["job"]),
+        name=str(data["name"]),
+        job_type=str(data.get("job_type", "")),
+        task_type=str(data.get("task_type", "")),
+        commands=tuple(commands),
+        steps_total=int(data.get("steps_total") or 0),
+        steps_completed=int(data.get("steps_completed") or 0),
+        priority=int(data.get("priority") or 0),
+        raw=data,
+    )
+
+
+def _state(value: Any) -> WorkerState:
+    try:
+        return WorkerState(value)
+    except ValueError:
+        raise FatalServiceError(f"the Manager asked for unknown worker state {value!r}") from None
+
+
+class FlamencoBackend:
+    """Speaks to one Manager.  Credentials are created on first use and saved in the worker's config."""
+
+    def __init__(self, config: WorkerConfig, *, reregister: bool = False) -> None:
+        self.config = config
+        self.base_url = config.manager_url.rstrip("/")
+        self.worker_id = config.worker_id
+        self._secret = config.worker_secret
+        self._force_register = reregister
+        self._session: aiohttp.ClientSession | None = None
+        self.initial_state = WorkerState.AWAKE
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.config.tls_ca_file:
+            return True  # aiohttp verifies against the system store
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(self.config.tls_ca_file)
+        return ctx
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=8)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=REQUEST_TIMEOUT,
+                headers={"User-Agent": f"flamenco-deadline-worker/{__version__}"},
+            )
+        return self._session
+
+    def _auth(self) -> aiohttp.BasicAuth:
+        return aiohttp.BasicAuth(self.worker_id, self._secret)
+
+    async def _request(
+        self, method: str, path: str, *, json: Any = None, auth: bool = True, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        url = f"{self.base_url}{API}{path}"
+        try:
+            resp = await self.session.request(
+                method, url, json=json, auth=self._auth() if auth else None, **kwargs
+            )
+            await resp.read()
+        except CONNECTION_ERRORS as exc:
+            raise ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status in (401, 403):
+            raise NotAuthorised(f"{method} {path}: {await error_text(resp)}")
+        if resp.status >= 500 or resp.status == 429:
+            raise ServiceUnavailable(
+                f"{method} {path}: {await error_text(resp)}", retry_after_seconds(resp.headers)
+            )
+        return resp
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- registration and sign-on -------------------------------------------------------------
+
+    async def register(self) -> None:
+        secret = secrets.token_urlsafe(32)
+        body = {
+            "name": self.config.worker_name,
+            "secret": secret,
+            "platform": platform.system().lower(),
+            "supported_task_types": list(self.config.task_types),
+        }
+        resp = await self._request("POST", "/register-worker", json=body, auth=False)
+        if resp.status != 200:
+            raise FatalServiceError(f"registration refused: {await error_text(resp)}")
+        data = await resp.json(content_type=None)
+        if not isinstance(data, dict) or not isinstance(data.get("uuid"), str):
+            raise FatalServiceError(f"registration answer has no worker uuid: {str(data)[:200]}")
+        self.worker_id, self._secret = data["uuid"], secret
+        save_keys(self.config.home_config, {"worker_id": self.worker_id, "worker_secret": secret})
+        log.info("registered as worker %s; credentials saved in %s", self.worker_id, self.config.home_config)
+
+    async def start(self) -> None:
+        """Register when needed (or asked), then sign on; re-register once when refused."""
+        if self._force_register or not (self.worker_id and self._secret):
+            await self.register()
+            self._force_register = False
+        try:
+            await self._sign_on()
+        except NotAuthorised as exc:
+            log.warning("the Manager refused our credentials (%s); registering again", exc)
+            await self.register()
+            await self._sign_on()
+
+    async def _sign_on(self) -> None:
+        body = {
+            "name": self.config.worker_name,
+            "supported_task_types": list(self.config.task_types),
+            "software_version": __version__,
+            "can_restart": True,
+        }
+        resp = await self._request("POST", "/sign-on", json=body)
+        if resp.status != 200:
+            raise FatalServiceError(f"sign-on refused: {await error_text(resp)}")
+        data = await resp.json(content_type=None)
+        self.initial_state = _state(data.get("status_requested", "awake") if isinstance(data, dict) else None)
+        log.info("signed on to %s as %s (%s)", self.base_url, self.config.worker_name, self.worker_id)
+
+    async def sign_off(self) -> None:
+        resp = await self._request("POST", "/sign-off")
+        if resp.status != 204:
+            log.warning("sign-off answered %s", await error_text(resp))
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    async def requested_state(self) -> WorkerState | None:
+        resp = await self._request("GET", "/state")
+        if resp.status == 204:
+            return None
+        if resp.status != 200:
+            raise FatalServiceError(f"state query answered {await error_text(resp)}")
+        data = await resp.json(content_type=None)
+        return _state(data.get("status_requested") if isinstance(data, dict) else None)
+
+    async def state_changed(self, state: WorkerState) -> None:
+        resp = await self._request("POST", "/state-changed", json={"status": state.value})
+        if resp.status != 204:
+            raise FatalServiceError(f"state-changed answered {await error_text(resp)}")
+
+    # ---- tasks ----------------------------------------------------------------------------------
+
+    async def fetch_task(self) -> Task | StateChange | None:
+        resp = await self._request("POST", "/task")
+        if resp.status == 204:
+            return None
+        if resp.status == 200:
+            return parse_task(await resp.json(content_type=None))
+        if resp.status == 423:
+            data = await resp.json(content_type=None)
+            return StateChange(_state(data.get("status_requested") if isinstance(data, dict) else None))
+        if resp.status == 409:
+            # Not in a state that may run tasks: ask which one the Manager wants.
+            wanted = await self.requested_state()
+            return StateChange(wanted or WorkerState.AWAKE)
+        raise FatalServiceError(f"task request answered {await error_text(resp)}")
+
+    async def may_keep_running(self, task_id: str) -> RunPermission:
+        resp = await self._request("GET", f"/task/{task_id}/may-i-run")
+        if resp.status != 200:
+            raise FatalServiceError(f"may-i-run answered {await error_text(resp)}")
+        data = await resp.json(content_type=None)
+        if not isinstance(data, dict):
+            raise FatalServiceError(f"may-i-run answer is not an object: {str(data)[:200]}")
+        return RunPermission(
+            may_keep_running=bool(data.get("mayKeepRunning", True)),
+            reason=str(data.get("reason", "")),
+            state_change_requested=bool(data.get("statusChangeRequested", False)),
+        )
+
+    async def deliver(self, update: Update) -> DeliveryResult:
+        body: dict[str, Any] = {}
+        if update.status is not None:
+            body["taskStatus"] = update.status
+        if update.activity is not None:
+            body["activity"] = update.activity
+        if update.log:
+            body["log"] = update.log
+        if update.steps_completed is not None:
+            body["steps_completed"] = update.steps_completed
+        try:
+            resp = await self._request("POST", f"/task/{update.task_id}", json=body)
+        except ServiceUnavailable as exc:
+            return DeliveryResult(Delivery.RETRY, reason=str(exc), retry_after=exc.retry_after)
+        except NotAuthorised as exc:
+            # Credentials can be fixed (re-registration); the update must survive that.
+            return DeliveryResult(Delivery.RETRY, reason=str(exc))
+        if resp.status in (200, 204):
+            return DeliveryResult.delivered()
+        if resp.status in (404, 409):
+            return DeliveryResult(Delivery.TASK_GONE, reason=await error_text(resp))
+        return DeliveryResult(Delivery.REJECTED, reason=await error_text(resp))
+
+    async def output_produced(self, task_id: str, path: str, content_type: str, body: bytes) -> None:
+        resp = await self._request(
+            "POST", f"/task/{task_id}/output-produced", data=body, headers={"Content-Type": content_type}
+        )
+        if resp.status not in (200, 202, 204):
+            log.info("preview of %s not taken by the Manager: %s", path, await error_text(resp))

@@ -1,0 +1,152 @@
+"""The `flamenco-worker` command: argument parsing, signal wiring and exit codes.
+
+Exit codes: 0 done (stopped, or sent offline); 1 unexpected error; 2 bad configuration or usage;
+3 the Manager refused this worker's credentials even after registering again; 4 stopped at once by a
+second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks for a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flamenco_deadline_worker import __version__
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.config import WorkerConfig
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FORCED = 4
+
+log = logging.getLogger("flamenco_deadline_worker")
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flamenco-worker",
+        description="Render-farm worker for Flamenco 3 Managers and AWS Deadline Cloud. "
+        "Other commands: " + ", ".join(f"'flamenco-worker {name}'" for name in SUBCOMMANDS) + ".",
+    )
+    p.add_argument("--config", type=Path, action="append", metavar="PATH",
+                   help="configuration file to read instead of /etc/flamenco-worker/flamenco-worker.cfg "
+                   "and ./flamenco-worker.cfg (repeatable)")
+    p.add_argument("--manager", metavar="URL", help="Flamenco Manager URL (manager_url)")
+    p.add_argument("--home", type=Path, metavar="DIR",
+                   help="directory for every file the worker writes (also $FLAMENCO_WORKER_HOME)")
+    p.add_argument("--backend", choices=("flamenco", "deadline"), help="service to work for")
+    p.add_argument("--farm-id", help="Deadline Cloud farm id")
+    p.add_argument("--fleet-id", help="Deadline Cloud fleet id")
+    p.add_argument("--single", action="store_true", help="run one task, then exit")
+    p.add_argument("--reregister", action="store_true", help="register again, replacing saved credentials")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"flamenco-worker {__version__}")
+    return p
+
+
+def load_config(args: argparse.Namespace) -> WorkerConfig:
+    from flamenco_deadline_worker import config as cfg
+
+    overrides = {
+        "manager_url": args.manager,
+        "backend": args.backend,
+        "farm_id": args.farm_id,
+        "fleet_id": args.fleet_id,
+        "log_level": "debug" if args.verbose else None,
+    }
+    return cfg.load(config_files=args.config, home=args.home, overrides=overrides)
+
+
+def install_signal_handlers(loop: asyncio.AbstractEventLoop, stop_event: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: clean shutdown.  Second: kill task processes and exit at once.  SIGUSR1: dump."""
+
+    def on_stop(signame: str) -> None:
+        if stop_event.is_set():
+            from flamenco_deadline_worker.runner.process import kill_all_now
+
+            log.warning("second %s: killing task processes and exiting now (code %d)", signame, EXIT_FORCED)
+            kill_all_now()
+            logging.shutdown()
+            os._exit(EXIT_FORCED)
+        log.info("%s received: shutting down cleanly (send it again to exit at once)", signame)
+        stop_event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """Write every asyncio task with its stack to the log (SIGUSR1), for debugging a stuck worker."""
+    buf = io.StringIO()
+    tasks = asyncio.all_tasks()
+    buf.write(f"SIGUSR1: {len(tasks)} asyncio task(s)\n")
+    for task in tasks:
+        buf.write(f"--- {task.get_name()}: {task!r}\n")
+        task.print_stack(file=buf)
+    log.warning("%s", buf.getvalue())
+
+
+async def _run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
+    stop_event = asyncio.Event()
+    install_signal_handlers(asyncio.get_running_loop(), stop_event)
+    if config.backend == "deadline":
+        from flamenco_deadline_worker.backends.deadline import run_deadline_worker
+
+        return await run_deadline_worker(config, stop_event)
+    from flamenco_deadline_worker.agent import run_flamenco
+
+    return await run_flamenco(config, stop_event, single=args.single, reregister=args.reregister)
+
+
+def run_worker(argv: Sequence[str]) -> int:
+    args = worker_parser().parse_args(argv)
+    from flamenco_deadline_worker import config as cfg
+    from flamenco_deadline_worker import logs
+
+    logs.setup(level="debug" if args.verbose else "info")
+    try:
+        config = load_config(args)
+        cfg.require_manager(config)
+    except cfg.ConfigError as exc:
+        print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)
+        return cfg.EXIT_CONFIG_ERROR
+    logs.setup(
+        level=config.log_level,
+        logs_dir=config.logs_dir,
+        structured=config.structured_logs,
+        secrets=[config.worker_secret],
+    )
+    try:
+        return asyncio.run(_run_worker(args, config))
+    except KeyboardInterrupt:
+        return EXIT_FORCED
+    except Exception:
+        log.exception("the worker stopped on an unexpected error")
+        return EXIT_ERROR
+
+
+def run_demo(argv: Sequence[str]) -> int:
+    from flamenco_deadline_worker.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "demo": run_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    return run_worker(argv)

@@ -1,0 +1,290 @@
+"""FlamencoWorker: the pull loop.  Signs on, fetches tasks, runs them, follows state changes, signs off.
+
+It never talks to the service about task progress: that goes through the TaskUpdateQueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import random
+import time
+from pathlib import Path
+
+from flamenco_deadline_worker.backends.base import (
+    Backend,
+    FatalServiceError,
+    NotAuthorised,
+    ServiceUnavailable,
+    StateChange,
+    Task,
+    WorkerState,
+)
+from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
+from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_AUTH_REFUSED = 3
+MAX_RETRY_DELAY = 30.0
+PREVIEW_MIN_INTERVAL = 10.0
+PREVIEW_TYPES = ("image/png", "image/jpeg")
+
+
+class Outage:
+    """Backoff with jitter for one kind of failing call, logging one line per outage, not per retry."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.delay = 0.0
+
+    def failed(self, exc: Exception) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s failed (%s); retrying with backoff until it works", self.what, exc)
+        self.delay = min(MAX_RETRY_DELAY, max(0.5, self.delay * 2))
+        wait = getattr(exc, "retry_after", None)
+        return float(wait) if wait is not None else self.delay * random.uniform(0.5, 1.0)
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.info("%s works again after %.0f s", self.what, time.monotonic() - self.since)
+        self.since = None
+        self.delay = 0.0
+
+
+class FlamencoWorker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        backend: Backend,
+        queue: TaskUpdateQueue,
+        runner: TaskRunner,
+        *,
+        single: bool = False,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.queue = queue
+        self.runner = runner
+        self.single = single
+        self.state = WorkerState.STARTING
+        self.stop_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._last_preview = 0.0
+        self._preview_task: asyncio.Task[None] | None = None
+        self.tasks_run = 0
+        queue.on_task_gone = self.task_gone
+        runner.on_output = self.output_produced
+
+    # ---- entry point -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until told to stop (exit 0), or the Manager sends us offline or to restart."""
+        main = asyncio.ensure_future(self._main())
+        stopper = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not main.done():
+            log.info("shutting down: aborting the running task, flushing updates, signing off")
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            await self._finish()
+            return EXIT_OK
+        return main.result()
+
+    async def _main(self) -> int:
+        try:
+            await self._start()
+        except NotAuthorised as exc:
+            log.error("the Manager refused this worker even after registering again: %s", exc)
+            return EXIT_AUTH_REFUSED
+        await self._enter(self.backend_initial_state())
+        while True:
+            if self.state is WorkerState.AWAKE:
+                await self._awake_once()
+                if self.single and self.tasks_run:
+                    log.info("--single: one task done, stopping")
+                    await self._finish()
+                    return EXIT_OK
+            elif self.state in (WorkerState.OFFLINE, WorkerState.RESTART):
+                await self._finish()
+                if self.state is WorkerState.RESTART:
+                    log.info("the Manager asked for a restart; exiting with code %d", self.config.restart_exit_code)
+                    return self.config.restart_exit_code
+                log.info("the Manager sent this worker offline; exiting")
+                return EXIT_OK
+            else:
+                await self._asleep_once()
+
+    def backend_initial_state(self) -> WorkerState:
+        return getattr(self.backend, "initial_state", WorkerState.AWAKE)
+
+    async def _start(self) -> None:
+        outage = Outage("signing on to the Manager")
+        while True:
+            try:
+                await self.backend.start()
+                outage.succeeded()
+                return
+            except ServiceUnavailable as exc:
+                await self._pause(outage.failed(exc))
+            except FatalServiceError as exc:
+                await self._pause(outage.failed(exc))
+
+    async def _finish(self) -> None:
+        """Deliver what can be delivered in the time allowed, then sign off."""
+        delivered = await self.queue.flush(self.config.shutdown_flush_seconds)
+        if not delivered:
+            backlog = await self.queue.backlog()
+            log.warning(
+                "%d update(s) not delivered yet; they stay queued in %s for the next start",
+                backlog.count, self.config.task_update_queue_db,
+            )
+        try:
+            await asyncio.wait_for(self.backend.sign_off(), 10)
+            log.info("signed off")
+        except (ServiceUnavailable, NotAuthorised, FatalServiceError, asyncio.TimeoutError) as exc:
+            log.warning("could not sign off (%s); the Manager will time this worker out", exc)
+
+    # ---- states ------------------------------------------------------------------------------
+
+    async def _enter(self, state: WorkerState) -> None:
+        if state is not self.state:
+            log.info("worker state: %s -> %s", self.state.value, state.value)
+        self.state = state
+        outage = Outage(f"acknowledging state {state.value}")
+        for _ in range(5):
+            try:
+                await self.backend.state_changed(state)
+                outage.succeeded()
+                return
+            except (ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
+                await self._pause(outage.failed(exc))
+        log.warning("could not tell the Manager about state %s; carrying on", state.value)
+
+    async def _asleep_once(self) -> None:
+        await self._pause(self.config.asleep_poll_interval_seconds)
+        try:
+            wanted = await self.backend.requested_state()
+        except (ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
+            log.debug("state poll failed: %s", exc)
+            return
+        if wanted is not None and wanted is not self.state:
+            await self._enter(wanted)
+
+    async def _awake_once(self) -> None:
+        await self._wait_for_backlog()
+        outage = Outage("fetching a task")
+        while True:
+            try:
+                item = await self.backend.fetch_task()
+                outage.succeeded()
+                break
+            except NotAuthorised as exc:
+                log.warning("task fetch refused (%s); signing on again", exc)
+                await self._start()
+            except (ServiceUnavailable, FatalServiceError) as exc:
+                await self._pause(outage.failed(exc))
+        if item is None:
+            await self._pause(self.config.task_poll_interval_seconds * random.uniform(0.8, 1.2))
+        elif isinstance(item, StateChange):
+            await self._enter(item.requested)
+        else:
+            await self._run_task(item)
+
+    async def _wait_for_backlog(self) -> None:
+        limit = self.config.queue_backlog_max_bytes
+        if self.queue.backlog_bytes <= limit:
+            return
+        log.warning(
+            "update backlog is %d bytes (limit queue_backlog_max_bytes=%d); not fetching tasks until it drains",
+            self.queue.backlog_bytes, limit,
+        )
+        while self.queue.backlog_bytes > limit:
+            await self._pause(1.0)
+        log.info("update backlog drained; fetching tasks again")
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake early when something happens (a stop, a task taken away)."""
+        self._wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+
+    # ---- one task ------------------------------------------------------------------------------
+
+    async def _run_task(self, task: Task) -> None:
+        log.info("task %s (%s, job %s): %d command(s)", task.id, task.name, task.job_id, len(task.commands))
+        started = time.monotonic()
+        running = asyncio.ensure_future(self.runner.run(task))
+        watcher = asyncio.ensure_future(self._watch_permission(task, running))
+        try:
+            outcome = await running
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        self.tasks_run += 1
+        log.info("task %s %s in %.2f s", task.id, outcome.value, time.monotonic() - started)
+        if outcome is Outcome.ABORTED and self._pending_state is not None:
+            wanted, self._pending_state = self._pending_state, None
+            await self._enter(wanted)
+
+    _pending_state: WorkerState | None = None
+
+    async def _watch_permission(self, task: Task, running: asyncio.Future[Outcome]) -> None:
+        """Ask may-i-run while the task runs; abort it when the Manager says no."""
+        while not running.done():
+            await asyncio.sleep(self.config.may_i_run_interval_seconds)
+            try:
+                permission = await self.backend.may_keep_running(task.id)
+            except (ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
+                # Keep rendering through an outage; the Manager decides once it is back.
+                log.debug("may-i-run for task %s failed: %s", task.id, exc)
+                continue
+            if permission.may_keep_running:
+                continue
+            if permission.state_change_requested:
+                with contextlib.suppress(ServiceUnavailable, FatalServiceError, NotAuthorised):
+                    self._pending_state = await self.backend.requested_state()
+            log.info("the Manager took task %s away (%s); aborting it", task.id, permission.reason or "no reason")
+            self.queue.forget_task(task.id, permission.reason)
+            self.runner.abort(f"the Manager said: {permission.reason or 'may not keep running'}")
+            return
+
+    def task_gone(self, task_id: str, reason: str) -> None:
+        """The queue learned the task is no longer ours (409/404 on an update)."""
+        current = self.runner.current_task
+        if current is not None and current.id == task_id:
+            log.info("task %s belongs to someone else now (%s); aborting it", task_id, reason)
+            self.runner.abort(f"the Manager no longer assigns this task to us: {reason}")
+
+    # ---- previews ------------------------------------------------------------------------------
+
+    def output_produced(self, task_id: str, path: str) -> None:
+        """Upload a preview of a produced image, at most one every PREVIEW_MIN_INTERVAL, never blocking."""
+        content_type = mimetypes.guess_type(path)[0]
+        if content_type not in PREVIEW_TYPES:
+            return
+        now = time.monotonic()
+        busy = self._preview_task is not None and not self._preview_task.done()
+        if busy or now - self._last_preview < PREVIEW_MIN_INTERVAL:
+            return
+        self._last_preview = now
+        assert content_type is not None
+        self._preview_task = asyncio.ensure_future(self._send_preview(task_id, Path(path), content_type))
+
+    async def _send_preview(self, task_id: str, path: Path, content_type: str) -> None:
+        try:
+            body = await asyncio.to_thread(path.read_bytes)
+            await self.backend.output_produced(task_id, str(path), content_type, body)
+        except (OSError, ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
+            log.info("could not upload preview %s: %s", path, exc)
