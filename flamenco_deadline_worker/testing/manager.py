@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import json
 import logging
-import random
 import re
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
+from flamenco_deadline_worker.testing.farm import Farm
 from flamenco_deadline_worker.testing.records import (
-    FAKE_OTHER_WORKER,
-    TASK_STATUSES,
     WORKER_STATUSES,
     Faults,
     JobRecord,
@@ -36,8 +35,6 @@ from flamenco_deadline_worker.testing.records import (
     ReceivedUpdate,
     TaskRecord,
     WorkerRecord,
-    build_task,
-    job_status_from_tasks,
 )
 
 if TYPE_CHECKING:
@@ -67,22 +64,31 @@ class _Reply(Exception):
         self.response = response
 
 
+def basic_auth(request: web.Request) -> tuple[str, str] | None:
+    """(login, password) of HTTP basic auth, or None when absent or malformed."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        login, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("latin-1").partition(":")
+    except (ValueError, binascii.Error):
+        return None
+    return (login, password) if sep else None
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """Flamenco's `Error` JSON, which the real Manager sends with every error status."""
     return web.json_response({"code": status, "message": message}, status=status, headers=headers)
 
 
-class LocalManager:
-    """An in-memory Flamenco Manager on a real port, plus a Python API for tests."""
+class LocalManager(Farm):
+    """An in-memory Flamenco Manager on a real port; the Python API for tests comes from `Farm`."""
 
     def __init__(self, validate_against: Path | None = None, seed: int = 0) -> None:
+        super().__init__(seed=seed)
         self.validate_against = validate_against
         self.faults = Faults(seed=seed)
-        self.workers: dict[str, WorkerRecord] = {}
-        self.jobs: dict[str, JobRecord] = {}
-        self.tasks: dict[str, TaskRecord] = {}
         self.spec_violations: list[str] = []
-        self._ids = random.Random(seed)  # separate from the fault random, so ids do not shift fault choices
         self._checker: SpecChecker | None = None
         self._changed_cond = asyncio.Condition()
         self._notifiers: set[asyncio.Task[None]] = set()
@@ -169,60 +175,7 @@ class LocalManager:
         add("GET", "/local/workers", self._local_workers, name="localWorkers")
         return app
 
-    # ----- in-process API for tests -----
-
-    def submit_job(self, name: str, tasks: list[dict[str, Any]], job_type: str = "simple") -> str:
-        """Queue a job; tasks are handed out in list order.  Answers the job id."""
-        job_id = self._new_id()
-        records = [build_task(job_id, self._new_id(), i, spec) for i, spec in enumerate(tasks)]
-        for record in records:
-            self.tasks[record.id] = record
-        self.jobs[job_id] = JobRecord(
-            id=job_id, name=name, job_type=job_type, task_ids=[t.id for t in records]
-        )
-        self._update_job(job_id)
-        log.info("job %s %r submitted with %d tasks", job_id, name, len(records))
-        return job_id
-
-    def job(self, job_id: str) -> JobRecord:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise KeyError(f"no job {job_id!r}; known jobs: {sorted(self.jobs)}") from None
-
-    def task(self, task_id: str) -> TaskRecord:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise KeyError(f"no task {task_id!r}; known tasks: {sorted(self.tasks)}") from None
-
-    def job_tasks(self, job_id: str) -> list[TaskRecord]:
-        return [self.tasks[t] for t in self.job(job_id).task_ids]
-
-    def request_state(self, worker_id: str, status: str | None) -> None:
-        """Ask a worker to go to `status` (None withdraws the request), like the web interface does."""
-        if status is not None and status not in WORKER_STATUSES:
-            raise ValueError(f"unknown worker status {status!r}; expected one of {sorted(WORKER_STATUSES)}")
-        self.workers[worker_id].status_requested = status
-        self._changed()
-
-    def reassign_task(self, task_id: str, to_other_worker: bool = False) -> None:
-        """Take a task from its worker: its later updates get 409 and may-i-run says no.
-
-        The task goes back to the queue, or, with `to_other_worker`, stays active on a fake other worker.
-        """
-        task = self.task(task_id)
-        if to_other_worker:
-            task.worker_id, task.status = FAKE_OTHER_WORKER, "active"
-        else:
-            task.worker_id, task.status = None, "queued"
-        self._update_job(task.job_id)
-
-    def cancel_task(self, task_id: str) -> None:
-        """Cancel a task; its worker learns it from may-i-run."""
-        task = self.task(task_id)
-        task.status = "canceled"
-        self._update_job(task.job_id)
+    # ----- waiting, for tests -----
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until `predicate()` holds; it is checked again after every state change."""
@@ -239,30 +192,7 @@ class LocalManager:
                 f"manager state: {self.describe()}"
             ) from None
 
-    def describe(self) -> str:
-        """A one-paragraph summary of workers, jobs and tasks, for failure messages."""
-        workers = ", ".join(
-            f"{w.name} {w.id[:8]} {w.status}"
-            + (f" (requested {w.status_requested})" if w.status_requested else "")
-            for w in self.workers.values()
-        )
-        jobs = "; ".join(
-            f"job {j.name!r} {j.id[:8]} {j.status}: "
-            + ", ".join(
-                f"{t.name} {t.status} {t.steps_completed}/{t.steps_total}"
-                + (f" on {t.worker_id[:8]}" if t.worker_id else "")
-                for t in self.job_tasks(j.id)
-            )
-            for j in self.jobs.values()
-        )
-        return f"workers: [{workers or 'none'}]; jobs: [{jobs or 'none'}]"
-
-    # ----- state helpers -----
-
-    def _new_id(self) -> str:
-        return str(uuid.UUID(int=self._ids.getrandbits(128), version=4))
-
-    def _changed(self) -> None:
+    def changed(self) -> None:
         """Wake up `wait_for` callers.  Notifying needs the condition's lock, hence a small task."""
         try:
             loop = asyncio.get_running_loop()
@@ -275,36 +205,6 @@ class LocalManager:
     async def _notify(self) -> None:
         async with self._changed_cond:
             self._changed_cond.notify_all()
-
-    def _update_job(self, job_id: str) -> None:
-        job = self.jobs[job_id]
-        job.status = job_status_from_tasks([t.status for t in self.job_tasks(job_id)])
-        self._changed()
-
-    def _requeue_tasks_of(self, worker: WorkerRecord) -> None:
-        for task in self.tasks.values():
-            if task.worker_id == worker.id and task.status == "active":
-                task.worker_id, task.status = None, "queued"
-                log.info("task %s requeued: worker %s left", task.id, worker.id)
-                self._update_job(task.job_id)
-
-    def _next_task_for(self, worker: WorkerRecord) -> TaskRecord | None:
-        for task in self.tasks.values():  # the worker's own active task first: the real Manager re-sends it
-            if task.worker_id == worker.id and task.status == "active":
-                return task
-        for job in self.jobs.values():
-            if job.status not in ("queued", "active"):
-                continue
-            tasks = self.job_tasks(job.id)
-            done = {t.name for t in tasks if t.status == "completed"}
-            for task in tasks:
-                if (
-                    task.status == "queued"
-                    and task.task_type in worker.supported_task_types
-                    and all(d in done for d in task.depends_on)
-                ):
-                    return task
-        return None
 
     def _assigned_task_json(self, task: TaskRecord) -> JSON:
         job = self.jobs[task.job_id]
@@ -323,14 +223,12 @@ class LocalManager:
         }
 
     def _authenticate(self, request: web.Request) -> WorkerRecord:
-        header = request.headers.get("Authorization", "")
-        try:
-            auth = BasicAuth.decode(header)
-        except ValueError:
+        credentials = basic_auth(request)
+        if credentials is None:
             raise _Reply(error_response(401, "missing or malformed HTTP basic auth (worker UUID and secret)"))
-        worker = self.workers.get(auth.login)
-        if worker is None or worker.secret != auth.password:
-            raise _Reply(error_response(401, f"unknown worker {auth.login!r} or wrong secret"))
+        worker = self.workers.get(credentials[0])
+        if worker is None or worker.secret != credentials[1]:
+            raise _Reply(error_response(401, f"unknown worker {credentials[0]!r} or wrong secret"))
         worker.last_seen = time.time()
         return worker
 
@@ -391,17 +289,14 @@ class LocalManager:
             log.warning("spec violation: %s", violation)
             self.spec_violations.append(violation)
         if problems:
-            self._changed()
+            self.changed()
 
     def _record_rejected_update(self, request: web.Request, status: int) -> None:
         task = self.tasks.get(request.match_info["task_id"])
-        try:
-            worker_id = BasicAuth.decode(request.headers.get("Authorization", "")).login
-        except ValueError:
-            worker_id = ""
+        worker_id = (basic_auth(request) or ("", ""))[0]
         if task is not None:
             task.rejected_updates.append(ReceivedUpdate(worker_id=worker_id, answer=status))
-            self._changed()
+            self.changed()
 
     # ----- worker API -----
 
@@ -411,7 +306,7 @@ class LocalManager:
     async def _register_worker(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)
         worker = WorkerRecord(
-            id=self._new_id(),
+            id=self.new_id(),
             name=self._require(body, "name", str),
             secret=self._require(body, "secret", str),
             platform=self._require(body, "platform", str),
@@ -421,7 +316,7 @@ class LocalManager:
         )
         self.workers[worker.id] = worker
         log.info("worker %s %r registered", worker.id, worker.name)
-        self._changed()
+        self.changed()
         return web.json_response(self._registered_worker_json(worker))
 
     @staticmethod
@@ -447,14 +342,14 @@ class LocalManager:
         worker.address = request.remote or worker.address
         # Like Flamenco: "starting" until the worker confirms the requested state through state-changed.
         worker.status = "starting"
-        self._changed()
+        self.changed()
         return web.json_response({"status_requested": worker.status_requested or "awake"})
 
     async def _sign_off(self, request: web.Request) -> web.Response:
         worker = self._authenticate(request)
         worker.status = "offline"
-        self._requeue_tasks_of(worker)
-        self._changed()
+        self.requeue_tasks_of(worker)
+        self.changed()
         return web.Response(status=204)
 
     async def _worker_state(self, request: web.Request) -> web.Response:
@@ -472,8 +367,8 @@ class LocalManager:
         if worker.status_requested == status:
             worker.status_requested = None
         if status == "offline":
-            self._requeue_tasks_of(worker)
-        self._changed()
+            self.requeue_tasks_of(worker)
+        self.changed()
         return web.Response(status=204)
 
     async def _schedule_task(self, request: web.Request) -> web.Response:
@@ -483,13 +378,9 @@ class LocalManager:
             return web.json_response({"status_requested": requested}, status=423)
         if worker.status != "awake":
             return error_response(409, f"worker is {worker.status}, only awake workers get tasks")
-        task = self._next_task_for(worker)
+        task = self.task_for(worker)
         if task is None:
             return web.Response(status=204)
-        if task.worker_id != worker.id:
-            task.worker_id, task.status = worker.id, "active"
-            log.info("task %s %r assigned to worker %s", task.id, task.name, worker.id)
-            self._update_job(task.job_id)
         return web.json_response(self._assigned_task_json(task))
 
     async def _task_update(self, request: web.Request) -> web.Response:
@@ -504,56 +395,20 @@ class LocalManager:
             log=body.get("log"),
             steps_completed=body.get("steps_completed"),
         )
-        answer = self._refuse_update(worker, task, update)
-        if answer is not None:
-            task.rejected_updates.append(_with_answer(update, answer.status))
-            self._changed()
-            return answer
-        task.updates.append(update)
-        if update.log:
-            task.log_chunks.append(update.log)
-        if update.activity is not None:
-            task.activity = update.activity
-        if update.steps_completed is not None:
-            task.steps_completed = update.steps_completed
-        # A canceled task stays canceled whatever its worker reports while stopping.
-        if update.task_status is not None and task.status != "canceled":
-            task.status = update.task_status
-        self._update_job(task.job_id)
+        refusal = self.refuse_update(task, update)
+        if refusal is not None:
+            task.rejected_updates.append(attrs.evolve(update, answer=refusal[0]))
+            self.changed()
+            return error_response(*refusal)
+        self.apply_update(task, update)
         return web.Response(status=204)
-
-    @staticmethod
-    def _refuse_update(worker: WorkerRecord, task: TaskRecord, update: ReceivedUpdate) -> web.Response | None:
-        if task.worker_id != worker.id:
-            return error_response(409, f"task {task.id} is not assigned to worker {worker.id}")
-        if update.task_status is not None and update.task_status not in TASK_STATUSES:
-            return error_response(400, f"unknown taskStatus {update.task_status!r}")
-        for key, value in (("activity", update.activity), ("log", update.log)):
-            if value is not None and not isinstance(value, str):
-                return error_response(400, f"{key} must be a string, not {value!r}")
-        steps = update.steps_completed
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
-            return error_response(400, f"steps_completed must be a non-negative integer, not {steps!r}")
-        if steps is not None and steps > task.steps_total:
-            return error_response(400, f"steps_completed {steps} exceeds steps_total {task.steps_total}")
-        return None
 
     async def _may_i_run(self, request: web.Request) -> web.Response:
         worker = self._authenticate(request)
         task = self._task_from_path(request)
-        if worker.change_requested() is not None:
-            may, reason = False, "worker status change requested"
-        elif task.worker_id != worker.id:
-            may, reason = False, "task not assigned to this worker"
-        elif task.status != "active":
-            may, reason = False, f"task is {task.status}"
-        else:
-            may, reason = True, ""
-        answer = {
-            "mayKeepRunning": may,
-            "reason": reason,
-            "statusChangeRequested": worker.change_requested() is not None,
-        }
+        may, reason = self.may_keep_running(worker, task)
+        change_requested = worker.change_requested() is not None
+        answer = {"mayKeepRunning": may, "reason": reason, "statusChangeRequested": change_requested}
         return web.json_response(answer)
 
     async def _output_produced(self, request: web.Request) -> web.Response:
@@ -567,7 +422,7 @@ class LocalManager:
             return error_response(413, f"at most {MAX_PREVIEW_BYTES} bytes, got {request.content_length}")
         task.preview = Preview(content_type=request.content_type, data=await request.read())
         task.previews_received += 1
-        self._changed()
+        self.changed()
         return web.Response(status=202)
 
     # ----- local submission and inspection API -----
@@ -617,10 +472,6 @@ class LocalManager:
 
     async def _local_workers(self, request: web.Request) -> web.Response:
         return web.json_response([self._registered_worker_json(w) for w in self.workers.values()])
-
-
-def _with_answer(update: ReceivedUpdate, answer: int) -> ReceivedUpdate:
-    return attrs.evolve(update, answer=answer)
 
 
 async def _serve(host: str, port: int, validate_against: Path | None) -> None:

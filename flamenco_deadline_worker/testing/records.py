@@ -198,19 +198,13 @@ class Faults:
                     fault.remaining -= 1
                     self._scripted = [f for f in self._scripted if f.remaining > 0]
                     return self._record(method, path, fault.status, fault.headers)
-        if (
-            is_task_update
-            and self.update_failure_ratio > 0
-            and self._rng.random() < self.update_failure_ratio
-        ):
+        if is_task_update and self.update_failure_ratio > 0 and self._rng.random() < self.update_failure_ratio:
             if self._rng.random() < 0.5:
                 return self._record(method, path, 503, {"Retry-After": self._rng.choice(("0", "1"))})
             return self._record(method, path, 500, {})
         return None
 
-    def _record(
-        self, method: str, path: str, status: int, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str]]:
+    def _record(self, method: str, path: str, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         if status == 503 and "Retry-After" not in headers:
             headers = {**headers, "Retry-After": "0"}
         self.injected.append(InjectedFault(method, path, status))
