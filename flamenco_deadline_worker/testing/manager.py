@@ -265,7 +265,8 @@ class LocalManager(Farm):
         if checker is not None:
             self._record_violations(route, "request", checker.check_request(request, body))
 
-        fault = self.faults.pick(request.method, request.path, bool(_TASK_UPDATE_PATH.match(request.path)))
+        is_task_update = request.method == "POST" and bool(_TASK_UPDATE_PATH.match(request.path))
+        fault = self.faults.pick(request.method, request.path, is_task_update)
         if fault is not None:
             status, headers = fault
             if request.match_info.route.name == "taskUpdate":
@@ -474,8 +475,8 @@ class LocalManager(Farm):
         return web.json_response([self._registered_worker_json(w) for w in self.workers.values()])
 
 
-async def _serve(host: str, port: int, validate_against: Path | None) -> None:
-    manager = LocalManager(validate_against=validate_against)
+async def _serve(host: str, port: int, validate_against: Path | None, seed: int) -> None:
+    manager = LocalManager(validate_against=validate_against, seed=seed)
     url = await manager.start(host, port)
     print(f"Local Flamenco manager listening on {url}", flush=True)
     stop = asyncio.Event()
@@ -493,9 +494,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--validate-against", type=Path, help="OpenAPI spec to check requests against")
+    parser.add_argument("--seed", type=int, default=0, help="seed for ids and injected faults")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.validate_against))
+    asyncio.run(_serve(args.host, args.port, args.validate_against, args.seed))
 
 
 if __name__ == "__main__":
