@@ -1,0 +1,493 @@
+"""The emulated service's state and rules: workers, sessions, session actions, log streams.
+
+Every handler takes the lock, so tests may read the state from another thread.  Breaches of the
+worker API protocol by a client are recorded in ``violations`` (tests expect it empty).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from typing import Any
+
+import attrs
+
+from flamenco_deadline_worker.testing.deadline_emulator.job import Job, Task, new_id
+
+COMPLETED = ("SUCCEEDED", "FAILED", "INTERRUPTED", "CANCELED", "NEVER_ATTEMPTED")
+
+
+class ServiceError(Exception):
+    """An error answer: ``code`` is the x-amzn-ErrorType, ``fields`` the JSON body."""
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None, **fields: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.fields: dict[str, Any] = {"message": message, **fields}
+        self.retry_after = retry_after
+
+
+def conflict(reason: str, resource_id: str, resource_type: str, status: str | None = None) -> ServiceError:
+    context = {"status": status} if status else {}
+    return ServiceError(
+        "ConflictException",
+        f"{reason} on {resource_id}",
+        reason=reason,
+        resourceId=resource_id,
+        resourceType=resource_type,
+        context=context,
+    )
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@attrs.define
+class Action:
+    id: str
+    session_id: str
+    kind: str  # envEnter, taskRun, envExit, syncInputJobAttachments
+    definition: dict[str, Any]
+    task: Task | None = None
+    env_id: str | None = None
+    status: str = "ASSIGNED"  # ASSIGNED, RUNNING, or a completed status
+    canceled: bool = False
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    process_exit_code: int | None = None
+    progress_percent: float | None = None
+    progress_message: str | None = None
+    updates: list[dict[str, Any]] = attrs.field(factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.status in COMPLETED
+
+
+@attrs.define
+class Session:
+    id: str
+    worker_id: str
+    job: Job
+    actions: list[Action] = attrs.field(factory=list)
+    entered: list[str] = attrs.field(factory=list)  # environments with an envEnter queued, in order
+    step_id: str | None = None
+    wound_down: bool = False  # no more envEnter/taskRun: a failure, a cancel or a stop
+    closed: bool = False
+
+    @property
+    def log_stream(self) -> str:
+        return self.id
+
+
+@attrs.define
+class Worker:
+    id: str
+    status: str = "CREATED"
+    host: dict[str, Any] = attrs.field(factory=dict)
+    stop_requested: bool = False
+    fleet_key: str = ""
+    statuses: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class Options:
+    farm_id: str = attrs.field(factory=lambda: new_id("farm"))
+    fleet_id: str = attrs.field(factory=lambda: new_id("fleet"))
+    update_interval_seconds: int = 15
+    tasks_ahead: int = 4  # taskRun actions queued beyond the running one
+    credential_lifetime_seconds: float = 3600.0
+    fleet_create_in_progress_calls: int = 0  # CreateWorker answers CREATE_IN_PROGRESS this many times
+    stop_when_done: bool = False  # desiredWorkerStatus=STOPPED once the job has no work left
+    log_stream_calls_per_second: float = 5.0
+
+
+class ServiceState:
+    def __init__(self, job: Job, options: Options | None = None) -> None:
+        self.lock = threading.RLock()
+        self.job = job
+        self.options = options or Options()
+        self.workers: dict[str, Worker] = {}
+        self.sessions: dict[str, Session] = {}
+        self.actions: dict[str, Action] = {}
+        self.log_streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.log_calls: dict[tuple[str, str], list[float]] = {}
+        self.violations: list[str] = []
+        self.calls: list[tuple[str, str]] = []  # (operation, access key id)
+        self.fleet_keys: dict[str, str] = {}  # access key id -> worker id
+        self.queue_keys: set[str] = set()
+        self.log_streams[(f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}", "")] = []
+
+    # ---- helpers for tests -----------------------------------------------------------------
+
+    def session_actions(self, session_id: str) -> list[Action]:
+        with self.lock:
+            return list(self.sessions[session_id].actions)
+
+    def task_statuses(self) -> dict[str, str]:
+        with self.lock:
+            return {t.id: t.status for t in self.job.all_tasks()}
+
+    def log_text(self, group: str, stream: str) -> str:
+        with self.lock:
+            return "\n".join(e["message"] for e in self.log_streams.get((group, stream), []))
+
+    def cancel(self, action_id: str) -> None:
+        """Cancel an action as the service does: it and every later action but the envExits."""
+        with self.lock:
+            action = self.actions[action_id]
+            session = self.sessions[action.session_id]
+            index = session.actions.index(action)
+            for later in session.actions[index:]:
+                if not later.done and (later is action or later.kind != "envExit"):
+                    later.canceled = True
+            session.wound_down = True
+
+    def request_stop(self, worker_id: str) -> None:
+        with self.lock:
+            self.workers[worker_id].stop_requested = True
+
+    # ---- operations ------------------------------------------------------------------------
+
+    def check_ids(self, params: dict[str, Any]) -> Worker | None:
+        if params["farmId"] != self.options.farm_id:
+            raise ServiceError(
+                "ResourceNotFoundException", "no such farm", resourceId=params["farmId"], resourceType="farm"
+            )
+        if params["fleetId"] != self.options.fleet_id:
+            raise ServiceError(
+                "ResourceNotFoundException", "no such fleet", resourceId=params["fleetId"], resourceType="fleet"
+            )
+        if "workerId" not in params:
+            return None
+        worker = self.workers.get(params["workerId"])
+        if worker is None:
+            raise ServiceError(
+                "ResourceNotFoundException", "no such worker", resourceId=params["workerId"], resourceType="worker"
+            )
+        return worker
+
+    def create_worker(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        self.check_ids(params)
+        if self.options.fleet_create_in_progress_calls > 0:
+            self.options.fleet_create_in_progress_calls -= 1
+            raise conflict("STATUS_CONFLICT", self.options.fleet_id, "fleet", "CREATE_IN_PROGRESS")
+        worker = Worker(new_id("worker"), host=dict(params.get("hostProperties") or {}))
+        self.workers[worker.id] = worker
+        self.log_streams[(f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}", worker.id)] = []
+        return {"workerId": worker.id}
+
+    def assume_fleet_role(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        worker = self.check_ids(params)
+        assert worker is not None
+        creds = self._credentials("ASIAFLEET")
+        self.fleet_keys[creds["accessKeyId"]] = worker.id
+        worker.fleet_key = creds["accessKeyId"]
+        return {"credentials": creds}
+
+    def assume_queue_role(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        worker = self._fleet_call(params, key, "AssumeQueueRoleForWorker")
+        if params["queueId"] != self.job.queue_id:
+            raise ServiceError(
+                "ResourceNotFoundException", "no such queue", resourceId=params["queueId"], resourceType="queue"
+            )
+        if worker.status not in ("STARTED", "STOPPING"):
+            raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
+        creds = self._credentials("ASIAQUEUE")
+        self.queue_keys.add(creds["accessKeyId"])
+        return {"credentials": creds}
+
+    def _credentials(self, prefix: str) -> dict[str, Any]:
+        expiry = now() + dt.timedelta(seconds=self.options.credential_lifetime_seconds)
+        return {
+            "accessKeyId": prefix + secrets.token_hex(6).upper(),
+            "secretAccessKey": secrets.token_hex(20),
+            "sessionToken": secrets.token_hex(32),
+            "expiration": expiry,
+        }
+
+    def _fleet_call(self, params: dict[str, Any], key: str, op: str) -> Worker:
+        worker = self.check_ids(params)
+        assert worker is not None
+        if self.fleet_keys.get(key) != worker.id:
+            self.violations.append(f"{op} signed with {key!r}, not the worker's fleet role credentials")
+        return worker
+
+    def update_worker(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        worker = self._fleet_call(params, key, "UpdateWorker")
+        status = params.get("status")
+        if status == "STARTED":
+            if worker.status in ("STOPPING", "NOT_COMPATIBLE"):
+                raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
+            if worker.status == "STARTED" and self._open_sessions(worker):
+                self.violations.append("UpdateWorker STARTED while the worker held sessions")
+        elif status == "STOPPED":
+            self._release_work(worker)
+        if status:
+            worker.status = status
+            worker.statuses.append(status)
+        group = f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}"
+        return {"log": {"logDriver": "awslogs", "options": {"logGroupName": group, "logStreamName": worker.id}}}
+
+    def delete_worker(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        worker = self.check_ids(params)
+        assert worker is not None
+        if worker.status not in ("CREATED", "STOPPED"):
+            raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
+        del self.workers[worker.id]
+        return {}
+
+    def _release_work(self, worker: Worker) -> None:
+        for session in self._open_sessions(worker):
+            for action in session.actions:
+                if not action.done and action.task is not None:
+                    action.task.status = "READY"
+            session.closed = True
+
+    def _open_sessions(self, worker: Worker) -> list[Session]:
+        return [s for s in self.sessions.values() if s.worker_id == worker.id and not s.closed]
+
+    # ---- UpdateWorkerSchedule --------------------------------------------------------------
+
+    def update_worker_schedule(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        worker = self._fleet_call(params, key, "UpdateWorkerSchedule")
+        if worker.status not in ("STARTED", "STOPPING"):
+            raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
+        for action_id, info in (params.get("updatedSessionActions") or {}).items():
+            self._apply_update(worker, action_id, info)
+        sessions = self._open_sessions(worker)
+        for session in sessions:
+            self._extend(session, worker)
+        if not sessions and worker.status == "STARTED" and not worker.stop_requested and self._has_work():
+            session = Session(new_id("session"), worker.id, self.job)
+            self.sessions[session.id] = session
+            self.log_streams[(self.job.log_group, session.log_stream)] = []
+            self._extend(session, worker)
+        assigned: dict[str, Any] = {}
+        cancels: dict[str, list[str]] = {}
+        for session in self._open_sessions(worker):
+            if all(a.done for a in session.actions):
+                session.closed = True
+                continue
+            assigned[session.id] = {
+                "queueId": self.job.queue_id,
+                "jobId": self.job.id,
+                "sessionActions": [
+                    {"sessionActionId": a.id, "definition": a.definition} for a in session.actions if not a.done
+                ],
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {"logGroupName": self.job.log_group, "logStreamName": session.log_stream},
+                    "parameters": {"interval": "1"},
+                },
+            }
+            canceled = [a.id for a in session.actions if a.canceled and not a.done]
+            if canceled:
+                cancels[session.id] = canceled
+        answer: dict[str, Any] = {
+            "assignedSessions": assigned,
+            "cancelSessionActions": cancels,
+            "updateIntervalSeconds": self.options.update_interval_seconds,
+        }
+        if not assigned and (worker.stop_requested or (self.options.stop_when_done and not self._has_work())):
+            answer["desiredWorkerStatus"] = "STOPPED"
+        return answer
+
+    def _apply_update(self, worker: Worker, action_id: str, info: dict[str, Any]) -> None:
+        action = self.actions.get(action_id)
+        if action is None or self.sessions[action.session_id].worker_id != worker.id:
+            raise ServiceError("ValidationException", f"unknown session action {action_id}", reason="OTHER")
+        session = self.sessions[action.session_id]
+        action.updates.append(dict(info))
+        status = info.get("completedStatus")
+        if action.done:
+            if status != action.status:
+                self.violations.append(f"{action_id}: reported {status} after {action.status}")
+            return
+        if session.closed:
+            self.violations.append(f"{action_id}: update for an action of a closed session")
+            return
+        index = session.actions.index(action)
+        if status is None or status != "NEVER_ATTEMPTED":
+            earlier = [a.id for a in session.actions[:index] if not a.done]
+            if earlier:
+                self.violations.append(f"{action_id}: {status or 'running'} while earlier {earlier} are open")
+        if status == "NEVER_ATTEMPTED" and ("startedAt" in info or "endedAt" in info):
+            self.violations.append(f"{action_id}: NEVER_ATTEMPTED with startedAt/endedAt")
+        if status in COMPLETED and status != "NEVER_ATTEMPTED" and "endedAt" not in info:
+            self.violations.append(f"{action_id}: {status} without endedAt")
+        if "startedAt" in info:
+            action.started_at = info["startedAt"]
+        if "endedAt" in info:
+            action.ended_at = info["endedAt"]
+        for field, attr in (
+            ("processExitCode", "process_exit_code"),
+            ("progressPercent", "progress_percent"),
+            ("progressMessage", "progress_message"),
+        ):
+            if field in info:
+                setattr(action, attr, info[field])
+        if status is None:
+            action.status = "RUNNING"
+            return
+        action.status = status
+        if action.task is not None:
+            action.task.status = {"SUCCEEDED": "SUCCEEDED", "FAILED": "FAILED", "CANCELED": "CANCELED"}.get(
+                status, "READY"
+            )
+        if status in ("FAILED", "CANCELED", "INTERRUPTED") and action.kind != "envExit":
+            session.wound_down = True
+            for later in session.actions[index + 1 :]:
+                if later.kind != "envExit":
+                    later.canceled = True
+
+    def _has_work(self) -> bool:
+        return any(t.status == "READY" and self.job.step_ready(self.job.step(t.step_id)) for t in self.job.all_tasks())
+
+    def _add(self, session: Session, kind: str, definition: dict[str, Any], **kw: Any) -> None:
+        action = Action(
+            f"sessionaction-{session.id[8:]}-{len(session.actions)}", session.id, kind, {kind: definition}, **kw
+        )
+        session.actions.append(action)
+        self.actions[action.id] = action
+
+    def _enter(self, session: Session, env_id: str) -> None:
+        session.entered.append(env_id)
+        self._add(session, "envEnter", {"environmentId": env_id}, env_id=env_id)
+
+    def _exit_envs(self, session: Session, keep: int, only_ran: bool = False) -> None:
+        """Queue envExit for entered environments beyond the first ``keep``, innermost first."""
+        queued_exits = {a.env_id for a in session.actions if a.kind == "envExit"}
+        ran = {a.env_id for a in session.actions if a.kind == "envEnter" and a.done and a.status != "NEVER_ATTEMPTED"}
+        for env_id in reversed(session.entered[keep:]):
+            if env_id not in queued_exits and (env_id in ran or not only_ran):
+                self._add(session, "envExit", {"environmentId": env_id}, env_id=env_id)
+        del session.entered[keep:]
+
+    def _extend(self, session: Session, worker: Worker) -> None:
+        """Queue more actions: job environments, step environments, tasks, then the exits."""
+        job = self.job
+        if session.wound_down or worker.status != "STARTED" or worker.stop_requested:
+            if all(a.done for a in session.actions if a.kind != "envExit"):
+                self._exit_envs(session, 0, only_ran=True)
+            return
+        if not session.actions:
+            for env_id, _ in job.environments:
+                self._enter(session, env_id)
+        open_tasks = [a for a in session.actions if a.kind == "taskRun" and not a.done]
+        room = self.options.tasks_ahead + 1 - len(open_tasks)
+        while room > 0:
+            step = job.step(session.step_id) if session.step_id else None
+            ready = [t for t in step.tasks if t.status == "READY"] if step and job.step_ready(step) else []
+            if not ready:
+                if open_tasks or any(a.kind == "taskRun" and not a.done for a in session.actions):
+                    return  # finish this step's tasks before moving on
+                nxt = next(
+                    (s for s in job.steps if job.step_ready(s) and any(t.status == "READY" for t in s.tasks)), None
+                )
+                if nxt is None:
+                    self._exit_envs(session, 0)
+                    return
+                self._exit_envs(session, len(job.environments))
+                session.step_id = nxt.id
+                for env_id, _ in nxt.environments:
+                    self._enter(session, env_id)
+                continue
+            task = ready[0]
+            task.status = "ASSIGNED"
+            self._add(
+                session,
+                "taskRun",
+                {"taskId": task.id, "stepId": task.step_id, "parameters": task.parameters},
+                task=task,
+            )
+            room -= 1
+
+    # ---- BatchGetJobEntity -----------------------------------------------------------------
+
+    def batch_get_job_entity(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        self._fleet_call(params, key, "BatchGetJobEntity")
+        job = self.job
+        entities: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for ident in params["identifiers"]:
+            kind, ids = next(iter(ident.items()))
+            if ids["jobId"] != job.id:
+                errors.append({kind: {**ids, "code": "ResourceNotFoundException", "message": "no such job"}})
+            elif kind == "jobDetails":
+                entities.append(
+                    {
+                        "jobDetails": {
+                            "jobId": job.id,
+                            "logGroupName": job.log_group,
+                            "schemaVersion": "jobtemplate-2023-09",
+                            "parameters": job.parameters,
+                            "jobRunAsUser": {"runAs": "WORKER_AGENT_USER"},
+                        }
+                    }
+                )
+            elif kind == "stepDetails":
+                steps = [s for s in job.steps if s.id == ids["stepId"]]
+                if not steps:
+                    errors.append({kind: {**ids, "code": "ResourceNotFoundException", "message": "no such step"}})
+                else:
+                    entities.append(
+                        {
+                            "stepDetails": {
+                                "jobId": job.id,
+                                "stepId": steps[0].id,
+                                "schemaVersion": "jobtemplate-2023-09",
+                                "template": steps[0].template,
+                                "dependencies": steps[0].dependencies,
+                            }
+                        }
+                    )
+            elif kind == "environmentDetails":
+                template = job.environment(ids["environmentId"])
+                if template is None:
+                    errors.append(
+                        {kind: {**ids, "code": "ResourceNotFoundException", "message": "no such environment"}}
+                    )
+                else:
+                    entities.append(
+                        {
+                            "environmentDetails": {
+                                "jobId": job.id,
+                                "environmentId": ids["environmentId"],
+                                "schemaVersion": "jobtemplate-2023-09",
+                                "template": template,
+                            }
+                        }
+                    )
+            else:
+                errors.append(
+                    {kind: {**ids, "code": "ResourceNotFoundException", "message": "this job has no job attachments"}}
+                )
+        return {"entities": entities, "errors": errors}
+
+    # ---- CloudWatch Logs -------------------------------------------------------------------
+
+    def put_log_events(self, params: dict[str, Any], key: str, at: float) -> dict[str, Any]:
+        where = (params["logGroupName"], params["logStreamName"])
+        if where not in self.log_streams:
+            raise ServiceError("ResourceNotFoundException", f"The specified log stream does not exist: {where}")
+        window = [t for t in self.log_calls.get(where, []) if at - t < 1.0]
+        if len(window) >= self.options.log_stream_calls_per_second:
+            raise ServiceError("ThrottlingException", "Rate exceeded")
+        window.append(at)
+        self.log_calls[where] = window
+        events = params["logEvents"]
+        size = sum(len(e["message"].encode()) + 26 for e in events)
+        if size > 1_048_576:
+            raise ServiceError("InvalidParameterException", f"batch of {size} bytes is over 1,048,576")
+        stamps = [e["timestamp"] for e in events]
+        if stamps != sorted(stamps):
+            raise ServiceError("InvalidParameterException", "log events must be in chronological order")
+        if max(stamps) - min(stamps) > 24 * 3600 * 1000:
+            raise ServiceError("InvalidParameterException", "a batch may not span more than 24 hours")
+        if key in self.queue_keys:
+            self.violations.append("PutLogEvents signed with queue role credentials")
+        self.log_streams[where].extend(events)
+        return {"nextSequenceToken": secrets.token_hex(8)}
