@@ -1,0 +1,195 @@
+"""The light side of the daemon: ``daemon run`` and ``daemon stop`` talk to a running daemon.
+
+Only the standard library's os, sys, signal, socket and json are imported here: a warm ``daemon run``
+costs one Python start-up plus a socket round trip.  Output is pushed by the daemon as it happens and
+the end of the action arrives as a message, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+
+from .protocol import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, LineReader, encode, peer_uid
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answers for this connection file; ``stale`` when the file exists but nobody listens."""
+
+    def __init__(self, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+def read_connection_file(path: str) -> dict[str, object]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise DaemonUnavailable(
+            f"no adaptor daemon: connection file {path} does not exist (start one with 'daemon start')"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DaemonUnavailable(f"connection file {path} is unreadable: {exc}", stale=True) from None
+    if not isinstance(info, dict) or not isinstance(info.get("socket"), str):
+        raise DaemonUnavailable(f"connection file {path} has no 'socket' entry", stale=True)
+    return info
+
+
+def connect(connection_file: str) -> socket.socket:
+    info = read_connection_file(connection_file)
+    path = str(info["socket"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise DaemonUnavailable(
+            f"the adaptor daemon of {connection_file} is not running (stale connection file: "
+            f"cannot connect to {path}: {exc.strerror or exc}); start it again with 'daemon start'",
+            stale=True,
+        ) from None
+    uid = peer_uid(sock)
+    if uid != os.geteuid():
+        sock.close()
+        raise DaemonUnavailable(f"refusing the daemon at {path}: it runs as uid {uid}, we are uid {os.geteuid()}")
+    return sock
+
+
+def ping(connection_file: str) -> dict[str, object] | None:
+    """The daemon's answer to a ping, or None when no daemon answers."""
+    try:
+        sock = connect(connection_file)
+    except DaemonUnavailable:
+        return None
+    with sock:
+        try:
+            sock.sendall(encode({"op": "ping"}))
+            return LineReader(sock).next()
+        except (OSError, ValueError):
+            return None
+
+
+def _write(stream_lines: list[str]) -> None:
+    if stream_lines:
+        sys.stdout.write("\n".join(stream_lines) + "\n")
+        sys.stdout.flush()
+
+
+def perform(connection_file: str, op: str, data: str | None = None, source: str = "inline") -> int:
+    """Send one action, print its output as it arrives; SIGINT/SIGTERM cancel it.  Returns the exit code."""
+    try:
+        sock = connect(connection_file)
+    except DaemonUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
+    got_signal: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        got_signal.append(signum)
+        try:
+            sock.sendall(encode({"op": "cancel"}))
+        except OSError:
+            pass
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        request: dict[str, object] = {"op": op}
+        if data is not None:
+            request["data"] = data
+            request["source"] = source
+        sock.sendall(encode(request))
+        reader = LineReader(sock)
+        while True:
+            msg = reader.next()
+            if msg is None:
+                print(f"error: the adaptor daemon closed the connection during {op}", file=sys.stderr, flush=True)
+                return EXIT_FAILED
+            batch = [msg, *reader.pending()]
+            lines: list[str] = []
+            for item in batch:
+                if item.get("ev") == "out":
+                    lines.append(str(item.get("line", "")))
+                elif item.get("ev") == "end":
+                    _write(lines)
+                    return _finish(item, got_signal)
+            _write(lines)
+    except (OSError, ValueError) as exc:
+        print(f"error: lost the adaptor daemon during {op}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _finish(end: dict[str, object], got_signal: list[int]) -> int:
+    raw = end.get("code", EXIT_FAILED)
+    code = raw if isinstance(raw, int) else EXIT_FAILED
+    message = end.get("message")
+    if end.get("canceled"):
+        if message:
+            print(f"canceled: {message}", file=sys.stderr, flush=True)
+        return 128 + got_signal[0] if got_signal else (code or EXIT_FAILED)
+    if code != EXIT_OK and message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def stop(connection_file: str) -> int:
+    """Stop the daemon; a stale connection file is removed with a note, and that is not an error."""
+    try:
+        connect(connection_file).close()
+    except DaemonUnavailable as exc:
+        if exc.stale:
+            try:
+                os.unlink(connection_file)
+            except OSError:
+                pass
+            print(f"note: {exc}; removed the connection file", file=sys.stderr, flush=True)
+            return EXIT_OK
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
+    return perform(connection_file, "stop")
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """``daemon run``/``daemon stop`` without argparse; None when the arguments need the full CLI."""
+    if len(argv) < 2 or argv[0] != "daemon" or argv[1] not in ("run", "stop"):
+        return None
+    allowed = {"--connection-file"} | ({"--run-data"} if argv[1] == "run" else set())
+    opts: dict[str, str] = {}
+    rest = argv[2:]
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        name, eq, value = arg.partition("=")
+        if name not in allowed or name in opts:
+            return None
+        if not eq:
+            if i + 1 >= len(rest):
+                return None
+            i += 1
+            value = rest[i]
+        opts[name] = value
+        i += 1
+    if "--connection-file" not in opts:
+        return None
+    connection_file = os.path.abspath(opts["--connection-file"])
+    if argv[1] == "stop":
+        return stop(connection_file)
+    data = opts.get("--run-data")
+    source = "inline"
+    if data is not None and data.startswith("file://"):
+        source = os.path.abspath(data[len("file://") :])
+        try:
+            with open(source, encoding="utf-8") as f:
+                data = f.read()
+        except OSError as exc:
+            print(f"error: run-data: cannot read {source}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
+    return perform(connection_file, "run", data, source)
