@@ -185,8 +185,7 @@ class DaemonServer:
         except (OSError, ValueError) as exc:
             output.emit(f"WARNING: client connection failed: {exc}")
         finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+            _close_gently(conn)
             with self._state_lock:
                 self._connections -= 1
                 self._last_activity = time.monotonic()
@@ -235,6 +234,21 @@ class DaemonServer:
             if msg.get("op") == "cancel":
                 self.session.cancel("canceled by the client")
         worker.join()
+
+
+def _close_gently(conn: socket.socket) -> None:
+    """Close after the peer has read our last message: closing a UNIX socket with unread input resets it."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(2.0)
+        drained = 0
+        while drained < 1 << 20:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 def _runtime_dir() -> str | None:
