@@ -39,8 +39,10 @@ def clients(emu: DeadlineEmulator, validate: bool = True, **keys: str) -> tuple[
         region_name="us-west-2",
     )
     config = Config(inject_host_prefix=False, retries={"total_max_attempts": 1}, parameter_validation=validate)
-    return (session.client("deadline", endpoint_url=emu.url, config=config),
-            session.client("logs", endpoint_url=emu.url, config=config))
+    return (
+        session.client("deadline", endpoint_url=emu.url, config=config),
+        session.client("logs", endpoint_url=emu.url, config=config),
+    )
 
 
 def start_worker(emu: DeadlineEmulator) -> tuple[Any, Any, dict[str, str]]:
@@ -50,8 +52,9 @@ def start_worker(emu: DeadlineEmulator) -> tuple[Any, Any, dict[str, str]]:
     ids["workerId"] = worker_id
     creds = deadline.assume_fleet_role_for_worker(**ids)["credentials"]
     assert creds["expiration"] > dt.datetime.now(dt.timezone.utc)
-    deadline, logs = clients(emu, access=creds["accessKeyId"], secret=creds["secretAccessKey"],
-                             token=creds["sessionToken"])
+    deadline, logs = clients(
+        emu, access=creds["accessKeyId"], secret=creds["secretAccessKey"], token=creds["sessionToken"]
+    )
     deadline.update_worker(**ids, status="STARTED")
     return deadline, logs, ids
 
@@ -77,16 +80,26 @@ def test_a_whole_session_in_order(emu: DeadlineEmulator) -> None:
         kinds.append(kind)
         if kind in ("envEnter", "envExit"):
             env_id = action["definition"][kind]["environmentId"]
-            got = deadline.batch_get_job_entity(**ids, identifiers=[
-                {"environmentDetails": {"jobId": session["jobId"], "environmentId": env_id}}])
+            got = deadline.batch_get_job_entity(
+                **ids, identifiers=[{"environmentDetails": {"jobId": session["jobId"], "environmentId": env_id}}]
+            )
             assert got["entities"][0]["environmentDetails"]["template"]["name"] in env_id
         t = now()
-        updates = {action["sessionActionId"]: {"completedStatus": "SUCCEEDED", "startedAt": t, "endedAt": t,
-                                                "processExitCode": 0}}
+        updates = {
+            action["sessionActionId"]: {
+                "completedStatus": "SUCCEEDED",
+                "startedAt": t,
+                "endedAt": t,
+                "processExitCode": 0,
+            }
+        }
         group = session["logConfiguration"]["options"]["logGroupName"]
         stream = session["logConfiguration"]["options"]["logStreamName"]
-        logs.put_log_events(logGroupName=group, logStreamName=stream,
-                            logEvents=[{"timestamp": int(t.timestamp() * 1000), "message": kind}])
+        logs.put_log_events(
+            logGroupName=group,
+            logStreamName=stream,
+            logEvents=[{"timestamp": int(t.timestamp() * 1000), "message": kind}],
+        )
     assert kinds == ["envEnter", "envEnter", "taskRun", "taskRun", "taskRun", "envExit", "envExit"]
     assert set(emu.state.task_statuses().values()) == {"SUCCEEDED"}
     assert emu.state.log_text(emu.state.job.log_group, session_id).splitlines() == kinds
@@ -99,11 +112,14 @@ def test_details_carry_the_openjd_templates(emu: DeadlineEmulator) -> None:
     session = next(iter(answer["assignedSessions"].values()))
     task_run = next(a["definition"]["taskRun"] for a in session["sessionActions"] if "taskRun" in a["definition"])
     assert task_run["parameters"] == {"N": {"int": "1"}}
-    got = deadline.batch_get_job_entity(**ids, identifiers=[
-        {"jobDetails": {"jobId": session["jobId"]}},
-        {"stepDetails": {"jobId": session["jobId"], "stepId": task_run["stepId"]}},
-        {"jobAttachmentDetails": {"jobId": session["jobId"]}},
-    ])
+    got = deadline.batch_get_job_entity(
+        **ids,
+        identifiers=[
+            {"jobDetails": {"jobId": session["jobId"]}},
+            {"stepDetails": {"jobId": session["jobId"], "stepId": task_run["stepId"]}},
+            {"jobAttachmentDetails": {"jobId": session["jobId"]}},
+        ],
+    )
     job, step = got["entities"][0]["jobDetails"], got["entities"][1]["stepDetails"]
     assert job["schemaVersion"] == "jobtemplate-2023-09" and job["logGroupName"].startswith("/aws/deadline/")
     assert step["template"]["script"]["actions"]["onRun"]["command"] == "echo"
@@ -116,8 +132,7 @@ def test_requests_are_checked_against_the_model(emu: DeadlineEmulator) -> None:
     # Clients with parameter validation off let bad requests reach the wire.
     deadline, logs = clients(emu, validate=False, access=creds)
     with pytest.raises(ClientError) as info:
-        deadline.update_worker_schedule(**ids, updatedSessionActions={
-            "sessionaction-x": {"completedStatus": "DONE"}})
+        deadline.update_worker_schedule(**ids, updatedSessionActions={"sessionaction-x": {"completedStatus": "DONE"}})
     assert info.value.response["Error"]["Code"] == "ValidationException"
     assert "not one of" in info.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as info:
@@ -195,10 +210,13 @@ def test_protocol_breaches_are_recorded(emu: DeadlineEmulator) -> None:
     session = next(iter(answer["assignedSessions"].values()))
     actions = [a["sessionActionId"] for a in session["sessionActions"]]
     t = now()
-    deadline.update_worker_schedule(**ids, updatedSessionActions={
-        actions[1]: {"completedStatus": "SUCCEEDED", "startedAt": t, "endedAt": t},
-        actions[2]: {"completedStatus": "NEVER_ATTEMPTED", "startedAt": t},
-    })
+    deadline.update_worker_schedule(
+        **ids,
+        updatedSessionActions={
+            actions[1]: {"completedStatus": "SUCCEEDED", "startedAt": t, "endedAt": t},
+            actions[2]: {"completedStatus": "NEVER_ATTEMPTED", "startedAt": t},
+        },
+    )
     assert any("while earlier" in v for v in emu.state.violations)
     assert any("NEVER_ATTEMPTED with startedAt" in v for v in emu.state.violations)
     bootstrap, _ = clients(emu)

@@ -26,11 +26,21 @@ def main() -> None:
     parser.add_argument("--error-rate", type=float, default=0.0)
     args = parser.parse_args()
     template = json.loads(args.template.read_text()) if args.template else simple_template(args.tasks)
-    emu = DeadlineEmulator(make_job(template), Options(),
-                           Faults(throttle_rate=args.throttle_rate, error_rate=args.error_rate), args.port)
+    emu = DeadlineEmulator(
+        make_job(template), Options(), Faults(throttle_rate=args.throttle_rate, error_rate=args.error_rate), args.port
+    )
     emu.start()
-    print(json.dumps({"url": emu.url, "farm_id": emu.state.options.farm_id,
-                      "fleet_id": emu.state.options.fleet_id, "env": emu.client_env()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "url": emu.url,
+                "farm_id": emu.state.options.farm_id,
+                "fleet_id": emu.state.options.fleet_id,
+                "env": emu.client_env(),
+            }
+        ),
+        flush=True,
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

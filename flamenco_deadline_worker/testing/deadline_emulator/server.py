@@ -66,16 +66,19 @@ class Faults:
 
 
 _STATUS = {
-    "ThrottlingException": 429, "InternalServerException": 500, "ConflictException": 409,
-    "ResourceNotFoundException": 404, "AccessDeniedException": 403, "ValidationException": 400,
+    "ThrottlingException": 429,
+    "InternalServerException": 500,
+    "ConflictException": 409,
+    "ResourceNotFoundException": 404,
+    "AccessDeniedException": 403,
+    "ValidationException": 400,
 }
 
 
 class DeadlineEmulator:
     """A local Deadline Cloud worker API and CloudWatch Logs endpoint for one job."""
 
-    def __init__(self, job: Job, options: Options | None = None, faults: Faults | None = None,
-                 port: int = 0) -> None:
+    def __init__(self, job: Job, options: Options | None = None, faults: Faults | None = None, port: int = 0) -> None:
         self.state = ServiceState(job, options)
         self.faults = faults or Faults()
         self.port = port
@@ -165,8 +168,7 @@ class DeadlineEmulator:
         with self.state.lock:
             return fn(self.state)
 
-    def wait_for(self, predicate: Callable[[ServiceState], Any], timeout: float = 60.0,
-                 what: str = "condition") -> Any:
+    def wait_for(self, predicate: Callable[[ServiceState], Any], timeout: float = 60.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
         while True:
             result = self.read(predicate)
@@ -187,8 +189,9 @@ class DeadlineEmulator:
             return self._logs(target.split(".", 1)[1], raw, key)
         found = model.match_route(request.method, request.path)
         if found is None:
-            return self._error(None, ServiceError("UnknownOperationException",
-                                                  f"{request.method} {request.path} is not emulated"), 404)
+            return self._error(
+                None, ServiceError("UnknownOperationException", f"{request.method} {request.path} is not emulated"), 404
+            )
         op, path_params = found
         try:
             body = json.loads(raw) if raw else None
@@ -198,8 +201,9 @@ class DeadlineEmulator:
         problems = model.check(op.input_shape, params) if op.input_shape is not None else []
         if problems:
             log.warning("%s: invalid request: %s", op.name, problems)
-            return self._error(op.name, ServiceError(
-                "ValidationException", "; ".join(problems), reason="FIELD_VALIDATION_FAILED"))
+            return self._error(
+                op.name, ServiceError("ValidationException", "; ".join(problems), reason="FIELD_VALIDATION_FAILED")
+            )
         fault = self.faults.pick(op.name, self._rng)
         if fault is not None:
             return self._error(op.name, fault)
@@ -227,8 +231,9 @@ class DeadlineEmulator:
     def _logs(self, op_name: str, raw: bytes, key: str) -> web.Response:
         def answer(body: Mapping[str, Any], status: int = 200) -> web.Response:
             self.requests.append((time.time(), op_name, status))
-            return web.Response(body=json.dumps(body).encode(), status=status,
-                                content_type="application/x-amz-json-1.1")
+            return web.Response(
+                body=json.dumps(body).encode(), status=status, content_type="application/x-amz-json-1.1"
+            )
 
         if op_name not in model.LOGS_OPERATIONS:
             return answer({"__type": "UnknownOperationException", "message": f"{op_name} is not emulated"}, 400)

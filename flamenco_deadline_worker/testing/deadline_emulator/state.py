@@ -425,6 +425,7 @@ class ServiceState:
                             "schemaVersion": "jobtemplate-2023-09",
                             "parameters": job.parameters,
                             "jobRunAsUser": {"runAs": "WORKER_AGENT_USER"},
+                            "queueRoleArn": "arn:aws:iam::123456789012:role/EmulatorQueueRole",
                         }
                     }
                 )
@@ -473,7 +474,7 @@ class ServiceState:
         where = (params["logGroupName"], params["logStreamName"])
         if where not in self.log_streams:
             raise ServiceError("ResourceNotFoundException", f"The specified log stream does not exist: {where}")
-        window = [t for t in self.log_calls.get(where, []) if at - t < 1.0]
+        window = [t for t in self.log_calls.get(where, []) if at - t < 0.95]  # a little slack for timers
         if len(window) >= self.options.log_stream_calls_per_second:
             raise ServiceError("ThrottlingException", "Rate exceeded")
         window.append(at)
