@@ -82,8 +82,9 @@ async def run_demo(home: Path, timeout: float) -> int:
     job = manager.job(job_id)
     print(f"\njob {job.name!r}: {job.status} in {time.monotonic() - started:.1f} s; worker exited with code {code}")
     print(f"{'task':<20} {'status':<10} {'seconds':>8} {'log lines':>10}")
-    for task in job.tasks:
-        print(f"{task.name:<20} {task.status:<10} {task.duration():>8.2f} {task.log_line_count():>10}")
+    for task in manager.job_tasks(job_id):
+        seconds = task.updates[-1].received_at - task.updates[0].received_at if task.updates else 0.0
+        print(f"{task.name:<20} {task.status:<10} {seconds:>8.2f} {task.log_line_count:>10}")
     logs = home / "flamenco-worker-logs"
     print(f"\nagent log:  {logs / 'worker-agent.log'}")
     print(f"task logs:  {logs}/<job id>/<task id>.log")

@@ -32,6 +32,7 @@ EXIT_OK = 0
 EXIT_AUTH_REFUSED = 3
 MAX_RETRY_DELAY = 30.0
 PREVIEW_MIN_INTERVAL = 10.0
+FINAL_STATUS_WAIT = 30.0
 PREVIEW_TYPES = ("image/png", "image/jpeg")
 
 
@@ -94,7 +95,9 @@ class FlamencoWorker:
             stopper.cancel()
         if not main.done():
             log.info("shutting down: aborting the running task, flushing updates, signing off")
+            self._wake.set()
             main.cancel()
+            # The loop also checks stop_event: on Python < 3.12 wait_for() can swallow a cancel.
             with contextlib.suppress(asyncio.CancelledError):
                 await main
             await self._finish()
@@ -108,7 +111,7 @@ class FlamencoWorker:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
         await self._enter(self.backend_initial_state())
-        while True:
+        while not self.stop_event.is_set():
             if self.state is WorkerState.AWAKE:
                 await self._awake_once()
                 if self.single and self.tasks_run:
@@ -124,20 +127,19 @@ class FlamencoWorker:
                 return EXIT_OK
             else:
                 await self._asleep_once()
+        return EXIT_OK  # stopping: run() finishes the shutdown
 
     def backend_initial_state(self) -> WorkerState:
         return getattr(self.backend, "initial_state", WorkerState.AWAKE)
 
     async def _start(self) -> None:
         outage = Outage("signing on to the Manager")
-        while True:
+        while not self.stop_event.is_set():
             try:
                 await self.backend.start()
                 outage.succeeded()
                 return
-            except ServiceUnavailable as exc:
-                await self._pause(outage.failed(exc))
-            except FatalServiceError as exc:
+            except (ServiceUnavailable, FatalServiceError) as exc:
                 await self._pause(outage.failed(exc))
 
     async def _finish(self) -> None:
@@ -185,6 +187,8 @@ class FlamencoWorker:
         await self._wait_for_backlog()
         outage = Outage("fetching a task")
         while True:
+            if self.stop_event.is_set():
+                return
             try:
                 item = await self.backend.fetch_task()
                 outage.succeeded()
@@ -198,6 +202,10 @@ class FlamencoWorker:
             await self._pause(self.config.task_poll_interval_seconds * random.uniform(0.8, 1.2))
         elif isinstance(item, StateChange):
             await self._enter(item.requested)
+        elif self.queue.has_undelivered(item.id) and item.id == self._last_task_id:
+            # The Manager re-sends a task it still thinks is active: our final status has not
+            # reached it yet.  Wait for that delivery instead of running the task twice.
+            await self.queue.wait_delivered(item.id, FINAL_STATUS_WAIT)
         else:
             await self._run_task(item)
 
@@ -215,6 +223,8 @@ class FlamencoWorker:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake early when something happens (a stop, a task taken away)."""
+        if self.stop_event.is_set():
+            return
         self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
@@ -233,12 +243,17 @@ class FlamencoWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         self.tasks_run += 1
+        self._last_task_id = task.id
         log.info("task %s %s in %.2f s", task.id, outcome.value, time.monotonic() - started)
+        # Fetching before the Manager has our final status would get this task again.
+        if not await self.queue.wait_delivered(task.id, FINAL_STATUS_WAIT):
+            log.info("final status of task %s not delivered yet; it stays queued on disk", task.id)
         if outcome is Outcome.ABORTED and self._pending_state is not None:
             wanted, self._pending_state = self._pending_state, None
             await self._enter(wanted)
 
     _pending_state: WorkerState | None = None
+    _last_task_id: str | None = None
 
     async def _watch_permission(self, task: Task, running: asyncio.Future[Outcome]) -> None:
         """Ask may-i-run while the task runs; abort it when the Manager says no."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import platform
 import secrets
@@ -147,17 +148,17 @@ class FlamencoBackend:
             )
         return self._session
 
-    def _auth(self) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(self.worker_id, self._secret)
+    def _auth_header(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.worker_id}:{self._secret}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
 
     async def _request(
         self, method: str, path: str, *, json: Any = None, auth: bool = True, **kwargs: Any
     ) -> aiohttp.ClientResponse:
         url = f"{self.base_url}{API}{path}"
+        headers = {**kwargs.pop("headers", {}), **(self._auth_header() if auth else {})}
         try:
-            resp = await self.session.request(
-                method, url, json=json, auth=self._auth() if auth else None, **kwargs
-            )
+            resp = await self.session.request(method, url, json=json, headers=headers, **kwargs)
             await resp.read()
         except CONNECTION_ERRORS as exc:
             raise ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +58,8 @@ class TaskUpdateQueue:
         self._backoff: dict[str, tuple[float, float]] = {}  # task -> (retry at, current delay)
         self._outage_since: float | None = None
         self._stored_bytes = 0
+        self._rows_per_task: Counter[str] = Counter()
+        self._removed = asyncio.Condition()
         self.delivered_updates = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -65,6 +68,7 @@ class TaskUpdateQueue:
         await self.store.open()
         backlog = await self.store.backlog()
         self._stored_bytes = backlog.nbytes
+        self._rows_per_task = Counter(await self.store.row_counts())
         if backlog.count:
             log.info(
                 "update queue holds %d updates (%d bytes) from an earlier run; delivering them first",
@@ -163,6 +167,7 @@ class TaskUpdateQueue:
             return
         await self.store.insert(rows)
         self._stored_bytes += sum(r[2] for r in rows)
+        self._rows_per_task.update(r[0] for r in rows)
         self._changed.set()
 
     # ---- inspection ------------------------------------------------------------------------
@@ -217,8 +222,9 @@ class TaskUpdateQueue:
                 continue
             rows = await self.store.rows_of(task_id, limit=1000)
             batch, update = self._merge(rows)
-            if batch is None or update is None:
-                continue
+            if update is None:
+                await self._remove([r.id for r in batch], batch)  # nothing readable in it
+                return None
             if update.status is None and not self._worth_sending(batch, update, now):
                 wait = min(wait, batch[0].created + self.push_log_max_interval - now)
                 continue
@@ -234,7 +240,7 @@ class TaskUpdateQueue:
             return True
         return now - batch[0].created >= self.push_log_max_interval
 
-    def _merge(self, rows: list[Row]) -> tuple[list[Row] | None, Update | None]:
+    def _merge(self, rows: list[Row]) -> tuple[list[Row], Update | None]:
         """The longest prefix of ``rows`` that makes one update: one status change at most, at its end."""
         batch: list[Row] = []
         merged: Update | None = None
@@ -284,6 +290,7 @@ class TaskUpdateQueue:
             self._gone.add(task_id)
             dropped = await self.store.delete_task(task_id)
             self._stored_bytes = (await self.store.backlog()).nbytes
+            self._forget_rows(task_id)
             log.warning(
                 "task %s is no longer ours (%s); dropped its %d queued update(s)", task_id, result.reason, dropped
             )
@@ -293,7 +300,35 @@ class TaskUpdateQueue:
     async def _remove(self, ids: list[int], batch: list[Row]) -> None:
         await self.store.delete_ids(ids)
         self._stored_bytes = max(0, self._stored_bytes - sum(r.nbytes for r in batch))
+        self._forget_rows(batch[0].task_id, len(batch))
         self._changed.set()
+
+    def _forget_rows(self, task_id: str, count: int | None = None) -> None:
+        left = 0 if count is None else self._rows_per_task[task_id] - count
+        if left > 0:
+            self._rows_per_task[task_id] = left
+        else:
+            self._rows_per_task.pop(task_id, None)
+        asyncio.ensure_future(self._notify_removed())
+
+    async def _notify_removed(self) -> None:
+        async with self._removed:
+            self._removed.notify_all()
+
+    def has_undelivered(self, task_id: str) -> bool:
+        return task_id in self._rows_per_task or any(t == task_id for t, _ in self._pending)
+
+    async def wait_delivered(self, task_id: str, timeout: float) -> bool:
+        """Wait until every update of ``task_id`` queued so far is delivered (or dropped)."""
+        await self.commit_logs()
+        try:
+            async with self._removed:
+                await asyncio.wait_for(
+                    self._removed.wait_for(lambda: task_id not in self._rows_per_task), timeout
+                )
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     def _retry_later(self, task_id: str, result: DeliveryResult) -> None:
         delay = self._backoff.get(task_id, (0.0, 0.0))[1]

@@ -160,6 +160,10 @@ class UpdateStore:
         async with self.db.execute("DELETE FROM updates WHERE task_id = ?", (task_id,)) as cur:
             return cur.rowcount
 
+    async def row_counts(self) -> dict[str, int]:
+        async with self.db.execute("SELECT task_id, COUNT(*) FROM updates GROUP BY task_id") as cur:
+            return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+
     async def backlog(self) -> Backlog:
         sql = "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), MIN(created) FROM updates"
         async with self.db.execute(sql) as cur:
