@@ -167,11 +167,6 @@ class WorkerConfig:
         return self.sources.get(key, "default")
 
 
-def default_home() -> Path:
-    env = os.environ.get(ENV_PREFIX + "HOME")
-    return Path(env) if env else Path.home()
-
-
 def read_toml(path: Path) -> dict[str, Any]:
     """The [flamenco-worker] table of one file; ConfigError names the file on a syntax error."""
     try:
@@ -199,7 +194,8 @@ def _convert(key: Key, value: Any, source: str) -> Any:
     ok = isinstance(value, key.type) and not (key.type is not bool and isinstance(value, bool))
     if not ok:
         names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
-        raise ConfigError(f"{source}: {key.name}: must be {names[key.type]}, got {value!r}")
+        shown = "a value of another type (hidden)" if key.secret else repr(value)
+        raise ConfigError(f"{source}: {key.name}: must be {names[key.type]}, got {shown}")
     if key.type is list and not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{source}: {key.name}: must be a list of non-empty strings, got {value!r}")
     if key.check is not None:
