@@ -202,9 +202,10 @@ class FlamencoWorker:
             await self._pause(self.config.task_poll_interval_seconds * random.uniform(0.8, 1.2))
         elif isinstance(item, StateChange):
             await self._enter(item.requested)
-        elif self.queue.has_undelivered(item.id) and item.id == self._last_task_id:
-            # The Manager re-sends a task it still thinks is active: our final status has not
-            # reached it yet.  Wait for that delivery instead of running the task twice.
+        elif self.queue.has_undelivered(item.id):
+            # The Manager re-sends a task it still thinks is active because our updates (maybe a
+            # final status from before a restart) have not reached it yet.  Deliver them, then ask again.
+            log.info("task %s still has undelivered updates; delivering them before taking it again", item.id)
             await self.queue.wait_delivered(item.id, FINAL_STATUS_WAIT)
         else:
             await self._run_task(item)
@@ -243,7 +244,6 @@ class FlamencoWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         self.tasks_run += 1
-        self._last_task_id = task.id
         log.info("task %s %s in %.2f s", task.id, outcome.value, time.monotonic() - started)
         # Fetching before the Manager has our final status would get this task again.
         if not await self.queue.wait_delivered(task.id, FINAL_STATUS_WAIT):
@@ -253,7 +253,6 @@ class FlamencoWorker:
             await self._enter(wanted)
 
     _pending_state: WorkerState | None = None
-    _last_task_id: str | None = None
 
     async def _watch_permission(self, task: Task, running: asyncio.Future[Outcome]) -> None:
         """Ask may-i-run while the task runs; abort it when the Manager says no."""
