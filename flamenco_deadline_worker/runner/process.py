@@ -39,15 +39,41 @@ class RunAs:
 
     user: str
 
-    def wrap(self, argv: Sequence[str]) -> tuple[list[str], dict[str, object]]:
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """The command line to start: ``argv`` itself as root, else behind ``sudo -n -u user``."""
         if os.geteuid() == 0:
-            import grp
-            import pwd
+            return list(argv)
+        return ["sudo", "-n", "-u", self.user, "--", *argv]
 
-            entry = pwd.getpwnam(self.user)
-            groups = [g.gr_gid for g in grp.getgrall() if self.user in g.gr_mem]
-            return list(argv), {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
-        return ["sudo", "-n", "-u", self.user, "--", *argv], {}
+    def credentials(self) -> _Credentials | None:
+        """uid, gid and groups to switch to in the child; None when sudo does the switch."""
+        if os.geteuid() != 0:
+            return None
+        import grp
+        import pwd
+
+        entry = pwd.getpwnam(self.user)
+        groups = sorted({entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if self.user in g.gr_mem)})
+        return _Credentials(entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_name, entry.pw_dir)
+
+    def child_env(self, env: Mapping[str, str] | None) -> dict[str, str] | None:
+        """The child's environment with HOME, USER and LOGNAME of the job user (setuid case only;
+        sudo sets them itself)."""
+        creds = self.credentials()
+        if creds is None:
+            return dict(env) if env is not None else None
+        out = dict(env if env is not None else os.environ)
+        out.update(HOME=creds.home, USER=creds.name, LOGNAME=creds.name)
+        return out
+
+
+@attrs.frozen
+class _Credentials:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str
 
 
 @attrs.define
@@ -60,14 +86,24 @@ class ProcessLimits:
     oom_score_adj: int | None = None
 
 
-def _child_setup(oom_score_adj: int | None) -> Callable[[], None] | None:
-    if oom_score_adj is None:
+def _child_setup(oom_score_adj: int | None, creds: _Credentials | None) -> Callable[[], None] | None:
+    """Runs in the child between fork and exec: oom_score_adj first, then the user switch.
+
+    The order matters: once the child has dropped root, /proc/self/oom_score_adj belongs to root
+    (the process is no longer dumpable) and the write would fail.
+    """
+    if oom_score_adj is None and creds is None:
         return None
 
     def setup() -> None:
-        # Raising our own score needs no privilege; the kernel then picks Blender, not the worker.
-        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(oom_score_adj))
+        if oom_score_adj is not None:
+            # Raising our own score needs no privilege; the kernel then picks Blender, not the worker.
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(oom_score_adj))
+        if creds is not None:
+            os.setgroups(list(creds.groups))
+            os.setgid(creds.gid)
+            os.setuid(creds.uid)
 
     return setup
 
@@ -150,18 +186,19 @@ async def spawn(
     """Start ``argv`` without a shell, in a new session, stdout and stderr merged."""
     if not argv:
         raise ValueError("empty command line")
-    full_argv, extra = run_as.wrap(argv) if run_as else (list(argv), {})
+    full_argv = run_as.wrap(argv) if run_as else list(argv)
+    creds = run_as.credentials() if run_as else None
+    child_env = run_as.child_env(env) if run_as else (dict(env) if env is not None else None)
     proc = await asyncio.create_subprocess_exec(
         *full_argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=cwd,
-        env=dict(env) if env is not None else None,
+        env=child_env,
         start_new_session=True,
-        preexec_fn=_child_setup(oom_score_adj),
+        preexec_fn=_child_setup(oom_score_adj, creds),
         limit=READ_CHUNK,
-        **extra,  # type: ignore[arg-type]
     )
     child = ChildProcess(proc, full_argv)
     LIVE_CHILDREN.add(child)
