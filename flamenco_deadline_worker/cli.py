@@ -8,8 +8,6 @@ second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks f
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import logging
 import os
 import signal
@@ -21,6 +19,8 @@ from typing import TYPE_CHECKING
 from flamenco_deadline_worker import __version__
 
 if TYPE_CHECKING:
+    import asyncio
+
     from flamenco_deadline_worker.config import WorkerConfig
 
 EXIT_ERROR = 1
@@ -86,6 +86,9 @@ def install_signal_handlers(loop: asyncio.AbstractEventLoop, stop_event: asyncio
 
 def dump_tasks() -> None:
     """Write every asyncio task with its stack to the log (SIGUSR1), for debugging a stuck worker."""
+    import asyncio
+    import io
+
     buf = io.StringIO()
     tasks = asyncio.all_tasks()
     buf.write(f"SIGUSR1: {len(tasks)} asyncio task(s)\n")
@@ -96,6 +99,8 @@ def dump_tasks() -> None:
 
 
 async def _run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
+    import asyncio
+
     stop_event = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop_event)
     if config.backend == "deadline":
@@ -125,6 +130,8 @@ def run_worker(argv: Sequence[str]) -> int:
         structured=config.structured_logs,
         secrets=[config.worker_secret],
     )
+    import asyncio
+
     try:
         return asyncio.run(_run_worker(args, config))
     except KeyboardInterrupt:
