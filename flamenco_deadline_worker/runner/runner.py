@@ -114,6 +114,11 @@ class TaskReporter:
         if self._activity_timer is not None:
             self._activity_timer.cancel()
             self._activity_timer = None
+        # Activity updates still being committed in the background come first: a status awaited
+        # here would otherwise take the write lock before they start, and a stale activity and
+        # step count would reach the service after the final status.
+        if self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await self.queue.put(self._progress_update(status=status.value, activity=activity))
 
     def close(self) -> None:
