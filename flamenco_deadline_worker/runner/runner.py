@@ -236,7 +236,14 @@ class TaskRunner:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             if self.run_as is not None:
-                shutil.chown(workdir, user=self.run_as.user)
+                try:
+                    _hand_over(workdir, self.run_as.user)
+                except (OSError, LookupError) as exc:
+                    return await self._fail(
+                        reporter,
+                        f"cannot prepare working directory {str(workdir)!r} for job_user "
+                        f"{self.run_as.user!r}: {exc}",
+                    )
             return await self._run_commands(task, reporter, workdir)
         except asyncio.CancelledError:
             reason = self._abort_reason or "the worker is shutting down"
@@ -278,6 +285,20 @@ class TaskRunner:
         reporter.log(message)
         await reporter.status(TaskStatus.FAILED, message)
         return Outcome.FAILED
+
+
+def _hand_over(workdir: Path, user: str) -> None:
+    """Make the task's working directory usable by the job user.
+
+    As root it becomes theirs.  Without root (the sudo case) we cannot chown, so the directory is
+    opened to everyone instead; its parent, the worker's work_dir, must be traversable by that user.
+    """
+    import os
+
+    if os.geteuid() == 0:
+        shutil.chown(workdir, user=user)
+    else:
+        workdir.chmod(0o777)
 
 
 def _safe(name: str) -> str:

@@ -160,4 +160,4 @@ def load_builtin_commands() -> None:
 
 
 # One module per command family.
-BUILTIN_MODULES: list[str] = ["misc"]
+BUILTIN_MODULES: list[str] = ["misc", "blender", "ffmpeg", "files"]
