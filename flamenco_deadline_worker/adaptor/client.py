@@ -1,16 +1,16 @@
 """The light side of the daemon: ``daemon run`` and ``daemon stop`` talk to a running daemon.
 
-Only the standard library's os, sys, signal, socket and json are imported here: a warm ``daemon run``
+Only the standard library's os, sys, signal, _socket and json are imported here: a warm ``daemon run``
 costs one Python start-up plus a socket round trip.  Output is pushed by the daemon as it happens and
 the end of the action arrives as a message, so nothing polls.
 """
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
 import signal
-import socket
 import sys
 from types import FrameType
 
@@ -40,10 +40,10 @@ def read_connection_file(path: str) -> dict[str, object]:
     return info
 
 
-def connect(connection_file: str) -> socket.socket:
+def connect(connection_file: str) -> _socket.socket:
     info = read_connection_file(connection_file)
     path = str(info["socket"])
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:
@@ -66,12 +66,13 @@ def ping(connection_file: str) -> dict[str, object] | None:
         sock = connect(connection_file)
     except DaemonUnavailable:
         return None
-    with sock:
-        try:
-            sock.sendall(encode({"op": "ping"}))
-            return LineReader(sock).next()
-        except (OSError, ValueError):
-            return None
+    try:
+        sock.sendall(encode({"op": "ping"}))
+        return LineReader(sock).next()
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
 
 
 def _write(stream_lines: list[str]) -> None:

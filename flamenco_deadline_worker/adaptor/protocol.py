@@ -5,13 +5,14 @@ Client to daemon, later lines: {"op": "cancel"}
 Daemon to client:              {"ev": "out", "line": str} as output happens, then exactly one
                                {"ev": "end", "code": int, "canceled": bool, "message": str}
 
-This module imports only the standard library's json and socket: ``daemon run`` uses it.
+This module imports only the standard library's json and _socket (the C core of socket, without
+socket.py's enum and selectors imports): ``daemon run`` uses it.
 """
 
 from __future__ import annotations
 
+import _socket
 import json
-import socket
 import sys
 
 PROTOCOL_VERSION = 1
@@ -26,16 +27,16 @@ def encode(message: dict[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_uid(sock: _socket.socket) -> int:
     """The uid of the process at the other end (SO_PEERCRED: pid, uid, gid as three C ints)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return int.from_bytes(creds[4:8], sys.byteorder, signed=False)
 
 
 class LineReader:
     """Reads JSON lines from a socket; ``next()`` returns None at end of stream."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._buf = b""
         self._lines: list[bytes] = []
