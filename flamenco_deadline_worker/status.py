@@ -1,0 +1,385 @@
+"""What a running worker tells the host about itself, and the `status` and `flush` commands.
+
+The worker keeps ``<home>/flamenco-worker.state.json`` up to date (worker id, state, current task,
+pid; written atomically, no secrets) and mirrors it to systemd's STATUS= line.  ``flamenco-worker
+status`` reads that file and the update queue (read-only), so it works with or without a running
+worker.  ``flamenco-worker flush`` delivers the queued updates of a stopped worker and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flamenco_deadline_worker import __version__, records
+from flamenco_deadline_worker.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.backends.base import Task
+    from flamenco_deadline_worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE_NAME = "flamenco-worker.state.json"
+EXIT_OK = 0
+EXIT_NOT_ALL_DELIVERED = 1
+EXIT_USAGE = 2
+EXIT_WORKER_RUNNING = 5
+
+
+def state_file(config: WorkerConfig) -> Path:
+    return config.home / STATE_FILE_NAME
+
+
+def task_log_file(logs_dir: Path, job_id: str, task_id: str) -> Path:
+    from flamenco_deadline_worker.runner.runner import _safe
+
+    return logs_dir / _safe(job_id) / f"{_safe(task_id)}.log"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StatusPublisher:
+    """The worker's one place for telling the outside what it is doing: state file, systemd, records."""
+
+    def __init__(self, config: WorkerConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier(None)
+        self.path = state_file(config)
+        self.data: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "backend": config.backend,
+            "service": config.manager_url if config.backend == "flamenco" else config.farm_id,
+            "worker_id": config.worker_id,
+            "worker_name": config.worker_name,
+            "state": "starting",
+            "current_task": None,
+            "started_at": time.time(),
+            "updated_at": time.time(),
+            "tasks_run": 0,
+            "logs_dir": str(config.logs_dir),
+            "queue_db": str(config.task_update_queue_db),
+        }
+        self._ready = False
+
+    def _write(self) -> None:
+        self.data["updated_at"] = time.time()
+        try:
+            write_json_atomic(self.path, self.data)
+        except OSError as exc:
+            log.warning("could not write the state file %s: %s", self.path, exc)
+
+    def _systemd_status(self) -> str:
+        task = self.data.get("current_task")
+        if task:
+            return f"{self.data['state']}: running task {task['id']} ({task['name']}) of job {task['job_id']}"
+        return f"{self.data['state']}: {self.data['tasks_run']} task(s) done"
+
+    def started(self) -> None:
+        self._write()
+        self.notifier.status("starting: signing on")
+
+    def waiting(self, what: str) -> None:
+        self.notifier.status(f"{self.data['state']}: {what}")
+
+    def signed_on(self, worker_id: str) -> None:
+        """Sign-on worked: tell systemd we are ready."""
+        self.data["worker_id"] = worker_id
+        self._write()
+        if not self._ready:
+            self._ready = True
+            self.notifier.ready(f"signed on as {worker_id}")
+            from flamenco_deadline_worker import logs
+
+            logs.end_bootstrap()
+
+    def state(self, state: str) -> None:
+        previous = self.data["state"]
+        self.data["state"] = state
+        self._write()
+        if previous != state:
+            records.worker_status(str(self.data["worker_id"]), state, previous)
+        self.notifier.status(self._systemd_status())
+
+    def task_started(self, task: Task) -> None:
+        self.data["current_task"] = {
+            "id": task.id,
+            "name": task.name,
+            "job_id": task.job_id,
+            "started_at": time.time(),
+            "log_file": str(task_log_file(self.config.logs_dir, task.job_id, task.id)),
+        }
+        self._write()
+        self.notifier.status(self._systemd_status())
+
+    def task_finished(self, task: Task, outcome: str) -> None:
+        self.data["current_task"] = None
+        self.data["tasks_run"] = int(self.data["tasks_run"]) + 1
+        self.data["last_task"] = {"id": task.id, "job_id": task.job_id, "outcome": outcome, "ended_at": time.time()}
+        self._write()
+        self.notifier.status(self._systemd_status())
+
+    def stopping(self, why: str) -> None:
+        self.notifier.stopping(f"stopping: {why}")
+
+    def stopped(self, exit_code: int) -> None:
+        self.data["state"] = "stopped"
+        self.data["current_task"] = None
+        self.data["exit_code"] = exit_code
+        self._write()
+
+
+# ---- status ----------------------------------------------------------------------------------
+
+
+def read_backlog(db: Path) -> dict[str, Any]:
+    """Count, bytes and oldest age of undelivered updates, reading the queue file without changing it."""
+    if not db.exists():
+        return {"count": 0, "bytes": 0, "oldest_age_seconds": None, "note": "no queue file yet"}
+    sql = "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), MIN(created) FROM updates"
+    note = ""
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        return {"count": None, "bytes": None, "oldest_age_seconds": None, "note": f"cannot open: {exc}"}
+    try:
+        try:
+            row = conn.execute(sql).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {"count": 0, "bytes": 0, "oldest_age_seconds": None, "note": "empty queue file"}
+            # Read-only access to a WAL file we may not write its -shm of: read the main file as is.
+            conn.close()
+            conn = sqlite3.connect(f"{db.as_uri()}?immutable=1", uri=True)
+            row = conn.execute(sql).fetchone()
+            note = f"read without the write-ahead log ({exc}); the numbers may be a little old"
+    except sqlite3.Error as exc:
+        return {"count": None, "bytes": None, "oldest_age_seconds": None, "note": f"cannot read: {exc}"}
+    finally:
+        conn.close()
+    oldest = row[2]
+    return {
+        "count": int(row[0]),
+        "bytes": int(row[1]),
+        "oldest_age_seconds": round(max(0.0, time.time() - oldest), 1) if oldest is not None else None,
+        "note": note,
+    }
+
+
+def collect(config: WorkerConfig) -> dict[str, Any]:
+    from flamenco_deadline_worker.logs import AGENT_LOG_NAME, BOOTSTRAP_LOG_NAME
+
+    path = state_file(config)
+    saved: dict[str, Any] = {}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            saved = {"error": f"cannot read {path}: {exc}"}
+    pid = int(saved.get("pid") or 0)
+    running = saved.get("state") != "stopped" and pid_alive(pid)
+    state = saved.get("state", "never started") if running else "not running"
+    if saved and not running:
+        state = f"not running (last state: {saved.get('state', 'unknown')})"
+    return {
+        "worker_id": saved.get("worker_id") or config.worker_id or None,
+        "worker_name": saved.get("worker_name") or config.worker_name,
+        "backend": config.backend,
+        "service": saved.get("service") or (config.manager_url if config.backend == "flamenco" else config.farm_id),
+        "running": running,
+        "pid": pid if running else None,
+        "state": state,
+        "current_task": saved.get("current_task") if running else None,
+        "last_task": saved.get("last_task"),
+        "tasks_run": saved.get("tasks_run"),
+        "state_updated_at": saved.get("updated_at"),
+        "backlog": read_backlog(config.task_update_queue_db),
+        "home": str(config.home),
+        "state_file": str(path),
+        "queue_db": str(config.task_update_queue_db),
+        "logs": {
+            "dir": str(config.logs_dir),
+            "agent": str(config.logs_dir / AGENT_LOG_NAME),
+            "bootstrap": str(config.logs_dir / BOOTSTRAP_LOG_NAME),
+            "tasks": str(config.logs_dir / "<job id>" / "<task id>.log"),
+        },
+    }
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def render(info: dict[str, Any]) -> str:
+    backlog = info["backlog"]
+    age = backlog["oldest_age_seconds"]
+    lines = [
+        f"worker id:    {info['worker_id'] or '(not registered yet)'}",
+        f"worker name:  {info['worker_name']}",
+        f"backend:      {info['backend']} ({info['service'] or 'not configured'})",
+        f"state:        {info['state']}" + (f" (pid {info['pid']})" if info["pid"] else ""),
+    ]
+    task = info["current_task"]
+    if task:
+        lines.append(f"current task: {task['id']} ({task['name']}) of job {task['job_id']}")
+        lines.append(f"task log:     {task['log_file']}")
+    else:
+        lines.append("current task: none")
+    if backlog["count"] is None:
+        lines.append(f"queue:        unknown ({backlog['note']})")
+    else:
+        lines.append(
+            f"queue:        {backlog['count']} undelivered update(s), {_size(backlog['bytes'])}"
+            + (f", oldest {age:.0f} s old" if age is not None else "")
+        )
+        if backlog["note"]:
+            lines.append(f"              ({backlog['note']})")
+    lines += [
+        f"queue file:   {info['queue_db']}",
+        f"agent log:    {info['logs']['agent']}",
+        f"bootstrap:    {info['logs']['bootstrap']}",
+        f"task logs:    {info['logs']['tasks']}",
+        f"state file:   {info['state_file']}",
+    ]
+    return "\n".join(lines)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"flamenco-worker {prog}", description=description)
+    p.add_argument("--config", type=Path, action="append", metavar="PATH",
+                   help="configuration file to read instead of /etc/flamenco-worker/flamenco-worker.cfg "
+                   "and ./flamenco-worker.cfg (repeatable)")
+    p.add_argument("--home", type=Path, metavar="DIR", help="the worker's home (also $FLAMENCO_WORKER_HOME)")
+    return p
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> WorkerConfig:
+    from flamenco_deadline_worker import config as cfg
+
+    return cfg.load(config_files=args.config, home=args.home, overrides=overrides)
+
+
+def status_main(argv: Sequence[str]) -> int:
+    p = _parser("status", "Show the worker's id, state, current task, update backlog and log locations.")
+    p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
+    args = p.parse_args(argv)
+    from flamenco_deadline_worker import config as cfg
+
+    try:
+        config = _load(args)
+    except cfg.ConfigError as exc:
+        print(f"flamenco-worker status: configuration error: {exc}", file=sys.stderr)
+        return cfg.EXIT_CONFIG_ERROR
+    info = collect(config)
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else render(info))
+    return EXIT_OK
+
+
+# ---- flush -----------------------------------------------------------------------------------
+
+
+def flush_main(argv: Sequence[str]) -> int:
+    p = _parser("flush", "Deliver the queued updates of a stopped worker, then exit "
+                "(0 when everything went, 1 when some stay queued).")
+    p.add_argument("--manager", metavar="URL", help="Flamenco Manager URL (manager_url)")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    from flamenco_deadline_worker import config as cfg
+    from flamenco_deadline_worker import logs
+
+    logs.setup(level="debug" if args.verbose else "info")
+    try:
+        config = _load(args, {"manager_url": args.manager})
+        cfg.require_manager(config)
+    except cfg.ConfigError as exc:
+        print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
+        return cfg.EXIT_CONFIG_ERROR
+    logs.setup(level=config.log_level if not args.verbose else "debug", secrets=[config.worker_secret])
+    info = collect(config)
+    if info["running"]:
+        print(f"flamenco-worker flush: the worker is running (pid {info['pid']}) and delivers its own updates; "
+              "stop it first (e.g. systemctl stop flamenco-worker) to flush by hand.", file=sys.stderr)
+        return EXIT_WORKER_RUNNING
+    if config.backend != "flamenco":
+        print(f"flamenco-worker flush: backend {config.backend!r} is not supported yet; start the worker "
+              "instead, it delivers its backlog first.", file=sys.stderr)
+        return EXIT_USAGE
+    if not (config.worker_id and config.worker_secret):
+        print(f"flamenco-worker flush: no worker credentials in {config.home_config}; nothing can be delivered "
+              "without them.", file=sys.stderr)
+        return EXIT_NOT_ALL_DELIVERED
+    return asyncio.run(_flush(config, args.timeout))
+
+
+async def _flush(config: WorkerConfig, timeout: float) -> int:
+    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
+    from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+    backend = FlamencoBackend(config)
+    queue = TaskUpdateQueue(
+        config.task_update_queue_db, backend,
+        push_log_max_bytes=config.push_log_max_bytes, push_log_max_interval=0.0,
+    )
+    await queue.open()
+    before = await queue.backlog()
+    print(f"delivering {before.count} queued update(s) ({_size(before.nbytes)}) to {config.manager_url}",
+          flush=True)
+    drain = asyncio.ensure_future(queue.run_drain())
+    try:
+        done = await queue.flush(timeout)
+        after = await queue.backlog()
+    finally:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        await queue.close()
+        await backend.close()
+    if done:
+        print(f"all {before.count} update(s) delivered ({queue.delivered_updates} request(s))")
+        return EXIT_OK
+    print(f"flamenco-worker flush: {after.count} update(s) ({_size(after.nbytes)}) still queued after "
+          f"{timeout:g} s; the Manager may be unreachable (see the lines above). They stay in "
+          f"{config.task_update_queue_db} for the next start or flush.", file=sys.stderr)
+    return EXIT_NOT_ALL_DELIVERED
