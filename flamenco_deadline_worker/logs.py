@@ -1,7 +1,12 @@
 """Agent logging: stderr (plain, or bare lines under systemd's journal) and a rotated agent log file.
 
 With ``structured_logs`` the file holds one JSON object per line.  Configured secrets are redacted
-from every record before any handler sees it.
+from every record (its message and its structured fields) before any handler sees it.
+
+Start-up also goes to ``worker-agent-bootstrap.log`` (rewritten at each start, closed once the
+worker is signed on), with the lines logged before the configuration was known.  Under systemd
+(``JOURNAL_STREAM`` naming our stderr) lines carry no timestamp and a ``<N>`` priority prefix,
+which journald turns into the entry's priority.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 AGENT_LOG_NAME = "worker-agent.log"
+BOOTSTRAP_LOG_NAME = "worker-agent-bootstrap.log"
+JOURNAL_FORMAT = "%(name)s: %(message)s"
+# syslog priorities for journald's "<N>" line prefix
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 REDACTED = "********"
 
@@ -43,7 +52,21 @@ class RedactSecrets(logging.Filter):
             if record.exc_text:
                 record.exc_text = record.exc_text.replace(secret, REDACTED)
         record.msg, record.args = message, None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = self._scrub(fields)
         return True
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._scrub(v) for v in value]
+        return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,9 +90,62 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class JournalFormatter(logging.Formatter):
+    """Plain lines for journald: no timestamp (the journal has one) and a ``<N>`` priority prefix."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        # journald reads the prefix per line: give continuation lines (tracebacks) the same priority.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
 def under_journal() -> bool:
-    """True when stderr goes to systemd's journal, which stamps lines itself."""
-    return bool(os.environ.get("JOURNAL_STREAM"))
+    """True when stderr goes to systemd's journal, which stamps lines itself.
+
+    ``JOURNAL_STREAM`` is "<device>:<inode>" of the journal's stream; it is inherited by children
+    whose stderr may go elsewhere, so it counts only when it names our stderr.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class _Bootstrap:
+    """Start-up lines kept in memory until the logs directory is known."""
+
+    def __init__(self) -> None:
+        self.buffer: logging.handlers.BufferingHandler | None = None
+        self.file: logging.Handler | None = None
+
+
+_bootstrap = _Bootstrap()
+_active_redact: RedactSecrets | None = None
+
+
+def add_secret(secret: str) -> None:
+    """Redact ``secret`` from now on (e.g. a secret created at registration)."""
+    if _active_redact is not None:
+        _active_redact.add(secret)
+
+
+def end_bootstrap() -> None:
+    """Start-up is over (the worker is signed on): close the bootstrap log."""
+    root = logging.getLogger()
+    for name in ("buffer", "file"):
+        handler = getattr(_bootstrap, name)
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
+            setattr(_bootstrap, name, None)
 
 
 def setup(
@@ -78,17 +154,46 @@ def setup(
     logs_dir: Path | None = None,
     structured: bool = False,
     secrets: Iterable[str] = (),
+    bootstrap: bool = False,
 ) -> RedactSecrets:
+    """(Re)configure the root logger.
+
+    ``bootstrap``: without ``logs_dir``, keep records in memory for the bootstrap log; with it,
+    write them and what follows to ``<logs_dir>/worker-agent-bootstrap.log`` until ``end_bootstrap()``.
+    """
+    global _active_redact
     root = logging.getLogger()
+    buffered: list[logging.LogRecord] = []
+    if _bootstrap.buffer is not None:
+        buffered = list(_bootstrap.buffer.buffer)
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if handler is not _bootstrap.buffer:
+            handler.close()
+    _bootstrap.buffer = _bootstrap.file = None
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     redact = RedactSecrets(secrets)
+    _active_redact = redact
 
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if under_journal() else TEXT_FORMAT))
+    stderr.setFormatter(JournalFormatter() if under_journal() else logging.Formatter(TEXT_FORMAT))
     stderr.addFilter(redact)
     root.addHandler(stderr)
+
+    if bootstrap and logs_dir is None:
+        _bootstrap.buffer = logging.handlers.BufferingHandler(10_000)
+        _bootstrap.buffer.addFilter(redact)
+        root.addHandler(_bootstrap.buffer)
+    elif bootstrap and logs_dir is not None:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        boot = logging.FileHandler(logs_dir / BOOTSTRAP_LOG_NAME, mode="w", encoding="utf-8")
+        boot.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
+        boot.addFilter(redact)
+        for record in buffered:
+            if record.levelno >= root.level and redact.filter(record):
+                boot.handle(record)
+        root.addHandler(boot)
+        _bootstrap.file = boot
 
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
