@@ -54,6 +54,8 @@ class TaskUpdateQueue:
         self._flush_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        # The drain's own wake-up: set on every insert, cleared only by the drain, before it looks.
+        self._new_rows = asyncio.Event()
         self._gone: set[str] = set()
         self._backoff: dict[str, tuple[float, float]] = {}  # task -> (retry at, current delay)
         self._outage_since: float | None = None
@@ -169,6 +171,7 @@ class TaskUpdateQueue:
         self._stored_bytes += sum(r[2] for r in rows)
         self._rows_per_task.update(r[0] for r in rows)
         self._changed.set()
+        self._new_rows.set()
 
     # ---- inspection ------------------------------------------------------------------------
 
@@ -201,12 +204,14 @@ class TaskUpdateQueue:
     async def run_drain(self) -> None:
         """Deliver queued updates until cancelled."""
         while True:
+            # Cleared before looking at the store: rows inserted while drain_once() reads must wake
+            # the wait below, or they could sit until the hour-long idle wait ends.
+            self._new_rows.clear()
             wait = await self.drain_once()
             if wait is None:
                 continue
-            self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), wait)
+                await asyncio.wait_for(self._new_rows.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
