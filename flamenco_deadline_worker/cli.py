@@ -3,6 +3,8 @@
 Exit codes: 0 done (stopped, or sent offline); 1 unexpected error; 2 bad configuration or usage;
 3 the Manager refused this worker's credentials even after registering again; 4 stopped at once by a
 second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks for a restart.
+`flamenco-worker flush`: 0 all delivered, 1 some updates still queued, 2 configuration, 5 the worker is
+running (it delivers its own backlog).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def run_worker(argv: Sequence[str]) -> int:
     from flamenco_deadline_worker import config as cfg
     from flamenco_deadline_worker import logs
 
-    logs.setup(level="debug" if args.verbose else "info")
+    logs.setup(level="debug" if args.verbose else "info", bootstrap=True)
     try:
         config = load_config(args)
         cfg.require_manager(config)
@@ -129,7 +131,12 @@ def run_worker(argv: Sequence[str]) -> int:
         logs_dir=config.logs_dir,
         structured=config.structured_logs,
         secrets=[config.worker_secret],
+        bootstrap=True,
     )
+    from flamenco_deadline_worker import records
+
+    records.agent_info(config.backend, home=str(config.home), logs_dir=str(config.logs_dir),
+                       config_sources=dict(config.sources))
     import asyncio
 
     try:
@@ -147,8 +154,36 @@ def run_demo(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def run_install(argv: Sequence[str]) -> int:
+    from flamenco_deadline_worker.install import install_main
+
+    return install_main(argv)
+
+
+def run_uninstall(argv: Sequence[str]) -> int:
+    from flamenco_deadline_worker.install import uninstall_main
+
+    return uninstall_main(argv)
+
+
+def run_status(argv: Sequence[str]) -> int:
+    from flamenco_deadline_worker.status import status_main
+
+    return status_main(argv)
+
+
+def run_flush(argv: Sequence[str]) -> int:
+    from flamenco_deadline_worker.status import flush_main
+
+    return flush_main(argv)
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "demo": run_demo,
+    "install": run_install,
+    "uninstall": run_uninstall,
+    "status": run_status,
+    "flush": run_flush,
 }
 
 
