@@ -228,9 +228,16 @@ class WorkerProcess:
             raise AssertionError(f"the worker did not exit within {timeout:g} s; {self.describe()}") from None
 
     async def wait_log(self, text: str, timeout: float = TIMEOUT) -> None:
-        """Wait until the agent log holds ``text``."""
+        """Wait until the agent log (all runs with this home) holds ``text``."""
         try:
             await wait_until(lambda: text in self.agent_log_text(), timeout, f"{text!r} in the agent log")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self.describe()}") from None
+
+    async def wait_output(self, text: str, timeout: float = TIMEOUT) -> None:
+        """Wait until this process's own output (its log records on stderr) holds ``text``."""
+        try:
+            await wait_until(lambda: text in self.output_text(), timeout, f"{text!r} in the worker's output")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; {self.describe()}") from None
 
