@@ -75,6 +75,7 @@ class RecordingManager(LocalManager):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((time.monotonic(), request.method, request.path))
+        self.changed()  # so that wait_for() can wait on request counts
         return await super()._middleware(request, handler)
 
     def count(self, method: str, path_suffix: str, since: float = 0.0) -> int:
