@@ -10,6 +10,7 @@ from flamenco_deadline_worker import __version__
 from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
+from flamenco_deadline_worker.status import service_presence
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,17 @@ async def run_flamenco(
     worker = FlamencoWorker(config, backend, queue, runner, single=single)
     worker.stop_event = stop_event
     drain = asyncio.ensure_future(queue.run_drain())
-    try:
-        return await worker.run()
-    finally:
-        drain.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drain
-        await queue.close()
-        await backend.close()
+    async with service_presence(config, stop_event, healthy=lambda: not drain.done()) as publisher:
+        worker.publisher = publisher
+        publisher.metrics_source = lambda: {
+            "queue_backlog_bytes": queue.backlog_bytes, "delivered_updates": queue.delivered_updates,
+        }
+        try:
+            publisher.exit_code = await worker.run()
+            return publisher.exit_code
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            await queue.close()
+            await backend.close()

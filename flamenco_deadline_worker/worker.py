@@ -24,6 +24,7 @@ from flamenco_deadline_worker.backends.base import (
 )
 from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
+from flamenco_deadline_worker.status import StatusPublisher
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class FlamencoWorker:
         self._last_preview = 0.0
         self._preview_task: asyncio.Task[None] | None = None
         self.tasks_run = 0
+        # State file, systemd notifications and Worker records (agent.py gives the real one).
+        self.publisher = StatusPublisher(config)
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
 
@@ -138,12 +141,15 @@ class FlamencoWorker:
             try:
                 await self.backend.start()
                 outage.succeeded()
+                self.publisher.signed_on(str(getattr(self.backend, "worker_id", "")))
                 return
             except (ServiceUnavailable, FatalServiceError) as exc:
+                self.publisher.waiting(f"signing on: {exc}")
                 await self._pause(outage.failed(exc))
 
     async def _finish(self) -> None:
         """Deliver what can be delivered in the time allowed, then sign off."""
+        self.publisher.stopping(f"flushing updates and signing off (state {self.state.value})")
         delivered = await self.queue.flush(self.config.shutdown_flush_seconds)
         if not delivered:
             backlog = await self.queue.backlog()
@@ -163,6 +169,7 @@ class FlamencoWorker:
         if state is not self.state:
             log.info("worker state: %s -> %s", self.state.value, state.value)
         self.state = state
+        self.publisher.state(state.value)
         outage = Outage(f"acknowledging state {state.value}")
         for _ in range(5):
             try:
@@ -235,6 +242,7 @@ class FlamencoWorker:
     async def _run_task(self, task: Task) -> None:
         log.info("task %s (%s, job %s): %d command(s)", task.id, task.name, task.job_id, len(task.commands))
         started = time.monotonic()
+        self.publisher.task_started(task)
         running = asyncio.ensure_future(self.runner.run(task))
         watcher = asyncio.ensure_future(self._watch_permission(task, running))
         try:
@@ -244,6 +252,7 @@ class FlamencoWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         self.tasks_run += 1
+        self.publisher.task_finished(task, outcome.value)
         log.info("task %s %s in %.2f s", task.id, outcome.value, time.monotonic() - started)
         # Fetching before the Manager has our final status would get this task again.
         if not await self.queue.wait_delivered(task.id, FINAL_STATUS_WAIT):
