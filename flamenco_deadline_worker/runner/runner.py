@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
 from flamenco_deadline_worker.runner import process
 from flamenco_deadline_worker.runner.commands import base as commands
@@ -233,18 +234,30 @@ class TaskRunner:
         log_file = self.logs_dir / _safe(task.job_id) / f"{_safe(task.id)}.log" if self.logs_dir else None
         reporter = TaskReporter(self.queue, task, log_file, self.activity_interval, self.on_output)
         workdir = self.work_root / _safe(task.id)
+        # Structured records see a task as a session of its job; each command is one action.
+        records.session_starting(task.id, task.job_id, task_name=task.name, job_type=task.job_type)
+        if log_file is not None:
+            records.session_logs(task.id, task.job_id, log_file)
+        records.session_user(task.id, task.job_id, self.run_as.user if self.run_as else records.current_user())
+        records.session_add(task.id, task.job_id, [_action_id(task, i) for i in range(1, len(task.commands) + 1)])
+        started = time.monotonic()
+        self._failure = ""
+        outcome = Outcome.ABORTED
         try:
             workdir.mkdir(parents=True, exist_ok=True)
+            records.filesystem("Create", workdir, "task working directory", logging.DEBUG)
             if self.run_as is not None:
                 try:
                     _hand_over(workdir, self.run_as.user)
                 except (OSError, LookupError) as exc:
-                    return await self._fail(
+                    outcome = await self._fail(
                         reporter,
                         f"cannot prepare working directory {str(workdir)!r} for job_user "
                         f"{self.run_as.user!r}: {exc}",
                     )
-            return await self._run_commands(task, reporter, workdir)
+                    return outcome
+            outcome = await self._run_commands(task, reporter, workdir)
+            return outcome
         except asyncio.CancelledError:
             reason = self._abort_reason or "the worker is shutting down"
             reporter.log(f"task aborted: {reason}")
@@ -253,6 +266,16 @@ class TaskRunner:
             await self.queue.commit_logs()
             reporter.close()
             shutil.rmtree(workdir, ignore_errors=True)
+            records.filesystem("Delete", workdir, "task working directory", logging.DEBUG)
+            seconds = time.monotonic() - started
+            if outcome is Outcome.FAILED:
+                records.session_failed(task.id, task.job_id, self._failure, seconds=round(seconds, 3))
+            else:
+                status = "completed" if outcome is Outcome.COMPLETED else "canceled"
+                records.session_complete(task.id, task.job_id, status, seconds)
+            records.session_remove(task.id, task.job_id, outcome.value)
+
+    _failure = ""
 
     async def _run_commands(self, task: Task, reporter: TaskReporter, workdir: Path) -> Outcome:
         await reporter.status(TaskStatus.ACTIVE, f"starting task {task.name}")
@@ -267,13 +290,22 @@ class TaskRunner:
                 return await self._fail(reporter, f"command {index} ({spec.name!r}) is invalid: {exc}")
             reporter.activity(f"running {spec.name} ({index}/{len(task.commands)})")
             started = time.monotonic()
+            action = _action_id(task, index)
+            records.action_start(task.id, action, spec.name)
             try:
                 await command_cls().run(ctx, params)
             except commands.CommandError as exc:
+                records.action_end(task.id, action, "failed", time.monotonic() - started)
                 return await self._fail(reporter, f"command {index} ({spec.name}) failed: {exc}")
+            except asyncio.CancelledError:
+                records.action_cancel(task.id, action, self._abort_reason or "the worker is shutting down")
+                records.action_end(task.id, action, "canceled", time.monotonic() - started)
+                raise
             except Exception as exc:  # a command's bug fails the task, never the worker
                 log.exception("command %s of task %s raised", spec.name, task.id)
+                records.action_end(task.id, action, "failed", time.monotonic() - started)
                 return await self._fail(reporter, f"command {index} ({spec.name}) crashed: {exc!r}")
+            records.action_end(task.id, action, "succeeded", time.monotonic() - started)
             steps_before += spec.total_step_count
             reporter.set_steps(max(reporter.steps_completed, steps_before))
             log.debug("command %s of task %s took %.3f s", spec.name, task.id, time.monotonic() - started)
@@ -282,6 +314,7 @@ class TaskRunner:
         return Outcome.COMPLETED
 
     async def _fail(self, reporter: TaskReporter, message: str) -> Outcome:
+        self._failure = message
         reporter.log(message)
         await reporter.status(TaskStatus.FAILED, message)
         return Outcome.FAILED
@@ -299,6 +332,11 @@ def _hand_over(workdir: Path, user: str) -> None:
         shutil.chown(workdir, user=user)
     else:
         workdir.chmod(0o777)
+
+
+def _action_id(task: Task, index: int) -> str:
+    """The id of a task's command as a session action: '<task id>:<1-based index>'."""
+    return f"{task.id}:{index}"
 
 
 def _safe(name: str) -> str:
