@@ -8,13 +8,14 @@ import logging
 import platform
 import secrets
 import ssl
+import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
-from flamenco_deadline_worker import __version__
+from flamenco_deadline_worker import __version__, logs, records
 from flamenco_deadline_worker.backends.base import (
     CommandSpec,
     Delivery,
@@ -109,6 +110,13 @@ def parse_task(data: Any) -> Task:
     )
 
 
+def _summary(body: Any) -> Any:
+    """A request body for the API Req record: long values (log text) shortened; secrets are hidden later."""
+    if not isinstance(body, dict):
+        return {} if body is None else {"body": f"<{type(body).__name__}>"}
+    return {k: (v if len(str(v)) <= 200 else f"<{len(str(v))} chars>") for k, v in body.items()}
+
+
 def _state(value: Any) -> WorkerState:
     try:
         return WorkerState(value)
@@ -127,6 +135,7 @@ class FlamencoBackend:
         self._force_register = reregister
         self._session: aiohttp.ClientSession | None = None
         self.initial_state = WorkerState.AWAKE
+        self._loaded = False
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -157,11 +166,18 @@ class FlamencoBackend:
     ) -> aiohttp.ClientResponse:
         url = f"{self.base_url}{API}{path}"
         headers = {**kwargs.pop("headers", {}), **(self._auth_header() if auth else {})}
+        operation = f"{method} {path}"
+        records.api_request(operation, url, _summary(json))
+        started = time.monotonic()
         try:
             resp = await self.session.request(method, url, json=json, headers=headers, **kwargs)
             await resp.read()
         except CONNECTION_ERRORS as exc:
+            records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
             raise ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        records.api_response(
+            operation, resp.status, time.monotonic() - started, await error_text(resp) if resp.status >= 400 else ""
+        )
         if resp.status in (401, 403):
             raise NotAuthorised(f"{method} {path}: {await error_text(resp)}")
         if resp.status >= 500 or resp.status == 429:
@@ -191,19 +207,28 @@ class FlamencoBackend:
         data = await resp.json(content_type=None)
         if not isinstance(data, dict) or not isinstance(data.get("uuid"), str):
             raise FatalServiceError(f"registration answer has no worker uuid: {str(data)[:200]}")
+        logs.add_secret(secret)
         self.worker_id, self._secret = data["uuid"], secret
         save_keys(self.config.home_config, {"worker_id": self.worker_id, "worker_secret": secret})
+        records.worker_create(self.worker_id, self.base_url, worker_name=self.config.worker_name)
+        records.filesystem("Write", self.config.home_config, "worker credentials saved (mode 0600)")
         log.info("registered as worker %s; credentials saved in %s", self.worker_id, self.config.home_config)
 
     async def start(self) -> None:
         """Register when needed (or asked), then sign on; re-register once when refused."""
         if self._force_register or not (self.worker_id and self._secret):
+            if self.worker_id and self._force_register:
+                records.worker_delete(self.worker_id, "--reregister: replacing the saved credentials")
             await self.register()
             self._force_register = False
+        elif not self._loaded:
+            self._loaded = True
+            records.worker_load(self.worker_id, self.config.source_of("worker_id"))
         try:
             await self._sign_on()
         except NotAuthorised as exc:
             log.warning("the Manager refused our credentials (%s); registering again", exc)
+            records.worker_delete(self.worker_id, f"the Manager refused these credentials: {exc}")
             await self.register()
             await self._sign_on()
 
