@@ -209,7 +209,7 @@ def agent_info(backend: str, **fields: Any) -> None:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "user": _user(),
+        "user": current_user(),
         "backend": backend,
         "argv": sys.argv[1:],
     }
@@ -218,7 +218,7 @@ def agent_info(backend: str, **fields: Any) -> None:
          f"as {info['user']}, Python {info['python_version']}, backend {backend}", **info)
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):

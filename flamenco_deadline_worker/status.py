@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,11 +18,11 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flamenco_deadline_worker import __version__, records
+from flamenco_deadline_worker import __version__, records, sdnotify
 from flamenco_deadline_worker.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ EXIT_OK = 0
 EXIT_NOT_ALL_DELIVERED = 1
 EXIT_USAGE = 2
 EXIT_WORKER_RUNNING = 5
+METRICS_INTERVAL_SECONDS = 60.0
 
 
 def state_file(config: WorkerConfig) -> Path:
@@ -96,6 +98,10 @@ class StatusPublisher:
             "queue_db": str(config.task_update_queue_db),
         }
         self._ready = False
+        self._stopping = False
+        self.exit_code: int | None = None
+        # Extra figures for the Metrics records (e.g. the update queue's backlog), set by the owner.
+        self.metrics_source: Callable[[], dict[str, Any]] | None = None
 
     def _write(self) -> None:
         self.data["updated_at"] = time.time()
@@ -121,6 +127,7 @@ class StatusPublisher:
         """Sign-on worked: tell systemd we are ready."""
         self.data["worker_id"] = worker_id
         self._write()
+        records.worker_id(worker_id, worker_name=self.config.worker_name)
         if not self._ready:
             self._ready = True
             self.notifier.ready(f"signed on as {worker_id}")
@@ -155,13 +162,64 @@ class StatusPublisher:
         self.notifier.status(self._systemd_status())
 
     def stopping(self, why: str) -> None:
+        """Shutdown begins (first call only): STOPPING=1 for systemd."""
+        if self._stopping:
+            return
+        self._stopping = True
         self.notifier.stopping(f"stopping: {why}")
+
+    def metrics(self) -> None:
+        values = records.system_metrics(self.config.home)
+        values["tasks_run"] = self.data["tasks_run"]
+        if self.metrics_source is not None:
+            try:
+                values.update(self.metrics_source())
+            except Exception as exc:  # figures are a nicety; never let them hurt the worker
+                log.debug("metrics source failed: %s", exc)
+        records.metrics(values)
 
     def stopped(self, exit_code: int) -> None:
         self.data["state"] = "stopped"
         self.data["current_task"] = None
         self.data["exit_code"] = exit_code
         self._write()
+
+
+@contextlib.asynccontextmanager
+async def service_presence(
+    config: WorkerConfig, stop_event: asyncio.Event, healthy: Callable[[], bool] | None = None
+) -> AsyncIterator[StatusPublisher]:
+    """For one worker run: state file, systemd notifications (watchdog included) and Metrics records.
+
+    Set ``publisher.exit_code`` before leaving; the state file then says "stopped" with it.
+    """
+    notifier = sdnotify.notifier()
+    publisher = StatusPublisher(config, notifier)
+    publisher.started()
+
+    async def stop_watch() -> None:
+        await stop_event.wait()
+        publisher.stopping("signal received; finishing up")
+
+    async def metrics_loop() -> None:
+        while True:
+            publisher.metrics()
+            await asyncio.sleep(METRICS_INTERVAL_SECONDS)
+
+    helpers = [
+        asyncio.ensure_future(notifier.run_watchdog(healthy)),
+        asyncio.ensure_future(stop_watch()),
+        asyncio.ensure_future(metrics_loop()),
+    ]
+    try:
+        yield publisher
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        publisher.stopping("exiting")
+        publisher.metrics()
+        publisher.stopped(publisher.exit_code if publisher.exit_code is not None else 1)
 
 
 # ---- status ----------------------------------------------------------------------------------
