@@ -1,0 +1,66 @@
+"""AWS Deadline Cloud backend: the worker API protocol, OpenJD sessions, CloudWatch session logs.
+
+Imported only when the Deadline backend is chosen (extra ``deadline``: boto3, openjd-model,
+openjd-sessions); this module imports none of them until ``run_deadline_worker`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -> int:
+    """Run as a worker of ``config.farm_id``/``config.fleet_id`` until stopped; the exit code."""
+    try:
+        from flamenco_deadline_worker.backends.deadline import startup
+        from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
+        from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
+    except ImportError as exc:
+        log.error("the Deadline backend needs the 'deadline' extra (boto3, openjd-model, openjd-sessions): %s", exc)
+        return 2
+    if not config.farm_id or not config.fleet_id:
+        log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
+        return 2
+    region = (
+        getattr(config, "deadline_region", "") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    )
+    api = DeadlineApi(region or None)
+    state_file = config.home / "deadline-worker.json"
+    try:
+        worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
+        if worker_id is None:
+            worker_id = await startup.create_worker(api, config.farm_id, config.fleet_id)
+            startup.save_worker_id(state_file, config.farm_id, config.fleet_id, worker_id)
+            log.info("created worker %s in fleet %s", worker_id, config.fleet_id)
+        ids = {"farmId": config.farm_id, "fleetId": config.fleet_id, "workerId": worker_id}
+        await startup.assume_fleet_role(api, ids)
+        await startup.set_started(api, ids)
+    except startup.StartupFailed as exc:
+        log.error("%s", exc)
+        api.close()
+        return EXIT_FATAL
+    log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
+    session_root = getattr(config, "session_root_dir", None) or config.home / "deadline-sessions"
+    agent = DeadlineAgent(
+        api,
+        ids,
+        queue_db=config.task_update_queue_db,
+        logs_dir=config.logs_dir,
+        session_root=session_root,
+        push_log_max_bytes=config.push_log_max_bytes,
+        push_log_max_interval=config.push_log_max_interval_seconds,
+        drain_seconds=max(5.0, config.shutdown_flush_seconds),
+        delete_on_stop=bool(getattr(config, "deadline_delete_worker_on_stop", False)),
+    )
+    try:
+        return await agent.run(stop_event)
+    finally:
+        api.close()

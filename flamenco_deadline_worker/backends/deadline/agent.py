@@ -1,0 +1,230 @@
+"""The Deadline worker's main loop: UpdateWorkerSchedule as heartbeat and work channel, and the drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update
+from flamenco_deadline_worker.backends.deadline import startup
+from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable, backoff
+from flamenco_deadline_worker.backends.deadline.entities import JobEntities
+from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
+from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredentials
+from flamenco_deadline_worker.backends.deadline.session import SessionRunner
+from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, LogTarget, PendingUpdates
+from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+
+
+class DeadlineAgent:
+    def __init__(
+        self,
+        api: DeadlineApi,
+        ids: dict[str, Any],
+        *,
+        queue_db: Path,
+        logs_dir: Path,
+        session_root: Path,
+        push_log_max_bytes: int,
+        push_log_max_interval: float,
+        drain_seconds: float,
+        delete_on_stop: bool = False,
+    ) -> None:
+        self.api = api
+        self.ids = ids
+        self.logs_dir = logs_dir
+        self.session_root = session_root
+        self.drain_seconds = drain_seconds
+        self.delete_on_stop = delete_on_stop
+        self._wake = asyncio.Event()
+        self.pending = PendingUpdates(self._wake.set)
+        self.sink = DeadlineSink(api, self.pending)
+        self.queue = TaskUpdateQueue(
+            queue_db, self.sink, push_log_max_bytes=push_log_max_bytes, push_log_max_interval=push_log_max_interval
+        )
+        self.sessions: dict[str, SessionRunner] = {}
+        self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
+        self.router = LogRouter(self.queue)
+        self.interval = 15.0
+
+    # ---- updates from sessions into the durable queue -------------------------------------
+
+    async def report(self, session_id: str, action_id: str, info: dict[str, Any]) -> None:
+        await self.queue.put(
+            Update(task_id=f"{session_id}/{action_id}", status=info.get("completedStatus"), extra=info)
+        )
+
+    # ---- the main loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.queue.open()
+        drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
+        self.router.install()
+        try:
+            outcome = await self._loop(stop)
+            if outcome == "stop-requested":
+                await self._shutdown(service_initiated=True)
+                return EXIT_OK
+            if outcome == "signal":
+                await self._shutdown(service_initiated=False)
+                return EXIT_OK
+            return EXIT_FATAL
+        finally:
+            self.router.uninstall()
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            await self.queue.close()
+
+    async def _loop(self, stop: asyncio.Event) -> str:
+        delay = 0.5
+        while not stop.is_set():
+            if self.api.fleet_credentials_due():
+                await self._refresh_fleet_credentials()
+            upto, updates = self.pending.snapshot()
+            self._wake.clear()
+            try:
+                answer = await self._schedule(updates)
+            except Retryable as exc:
+                wait = backoff(delay, exc.retry_after)
+                delay = min(30.0, delay * 2)
+                if exc.connection:
+                    log.warning("the service cannot be reached (%s); retrying in %.1f s", exc, wait)
+                await self._sleep(stop, wait)
+                continue
+            except ApiError as exc:
+                if exc.code == "ConflictException" and exc.reason == "STATUS_CONFLICT":
+                    log.warning("the worker is no longer STARTED in the service (%s); starting again", exc)
+                    await self._end_all_sessions()
+                    await startup.set_started(self.api, self.ids)
+                    continue
+                log.error("UpdateWorkerSchedule failed for good: %s; exiting", exc)
+                self.pending.settle(upto, DeliveryResult(Delivery.REJECTED, str(exc)))
+                return "fatal"
+            delay = 0.5
+            self.pending.settle(upto, DeliveryResult.delivered())
+            await self._apply(answer)
+            if answer.get("desiredWorkerStatus") == "STOPPED" and not self.sessions:
+                return "stop-requested"
+            self.interval = float(answer.get("updateIntervalSeconds", 15))
+            if not self._wake.is_set():
+                await self._sleep(stop, self.interval, self._wake)
+        return "signal"
+
+    async def _schedule(self, updates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions=updates)
+        except ApiError as exc:
+            if exc.code != "ValidationException" or not updates:
+                raise
+        # One of our updates is refused: ask again without them, so one bad update cannot stop the worker.
+        log.error("the service refused these action updates; dropping them: %s", sorted(updates))
+        upto, _ = self.pending.snapshot()
+        self.pending.settle(upto, DeliveryResult(Delivery.REJECTED, "ValidationException"))
+        return await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions={})
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
+        waits = [asyncio.ensure_future(stop.wait())]
+        if also is not None:
+            waits.append(asyncio.ensure_future(also.wait()))
+        _, rest = await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+
+    async def _refresh_fleet_credentials(self) -> None:
+        try:
+            answer = await self.api.call_retrying("assume_fleet_role_for_worker", give_up_after=60, **self.ids)
+            self.api.use_fleet_credentials(answer["credentials"])
+            log.info("fleet role credentials refreshed; they expire at %s", self.api.fleet_expiry)
+        except (ApiError, Retryable) as exc:
+            log.warning("could not refresh the fleet role credentials yet: %s", exc)
+
+    async def _apply(self, answer: dict[str, Any]) -> None:
+        assigned: dict[str, Any] = answer.get("assignedSessions") or {}
+        for session_id in [s for s in self.sessions if s not in assigned]:
+            runner = self.sessions.pop(session_id)
+            self.router.forget(session_id)
+            asyncio.create_task(runner.close())
+        for session_id, spec in assigned.items():
+            known = self.sessions.get(session_id)
+            runner = known if known is not None else await self._new_session(session_id, spec)
+            runner.add(spec["sessionActions"])
+        for session_id, action_ids in (answer.get("cancelSessionActions") or {}).items():
+            if session_id in self.sessions:
+                self.sessions[session_id].cancel(action_ids)
+
+    async def _new_session(self, session_id: str, spec: dict[str, Any]) -> SessionRunner:
+        queue_id = spec["queueId"]
+        options = spec.get("logConfiguration", {}).get("options") or {}
+        local = self.logs_dir / queue_id / f"{session_id}.log"
+        self.sink.targets[session_id] = LogTarget(
+            options.get("logGroupName", ""), options.get("logStreamName", ""), local
+        )
+        entities = JobEntities(self.api, self.ids, spec["jobId"])
+
+        async def report(action_id: str, info: dict[str, Any]) -> None:
+            await self.report(session_id, action_id, info)
+
+        runner = SessionRunner(
+            session_id, queue_id, entities, report, root_dir=self.session_root, env_vars=self.queue_creds.env
+        )
+        self.sessions[session_id] = runner
+        self.router.route(session_id, f"{session_id}/log")
+        asyncio.create_task(self._prepare_credentials(runner, entities))
+        runner.start()
+        return runner
+
+    async def _prepare_credentials(self, runner: SessionRunner, entities: JobEntities) -> None:
+        try:
+            job = await entities.job()
+        except Exception as exc:
+            self.queue.put_log(f"{runner.id}/log", f"could not read the job details: {exc}\n")
+            return
+        message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
+        if message:
+            self.queue.put_log(f"{runner.id}/log", message + "\n")
+
+    async def _end_all_sessions(self) -> None:
+        runners = list(self.sessions.values())
+        self.sessions.clear()
+        await asyncio.gather(*(r.close(timeout=10) for r in runners))
+
+    # ---- drains and shutdown -------------------------------------------------------------
+
+    async def _shutdown(self, service_initiated: bool) -> None:
+        """Expedited drain (SIGTERM) or the service's stop: STOPPING, report, STOPPED, bounded overall."""
+        deadline = time.monotonic() + self.drain_seconds
+
+        def left() -> float:
+            return max(0.5, deadline - time.monotonic())
+
+        await startup.set_status(self.api, self.ids, "STOPPING", budget=min(2.0, left()))
+        if self.sessions:
+            await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
+            flusher = asyncio.create_task(self.queue.flush(left()))
+            # Keep the schedule going so the INTERRUPTED/NEVER_ATTEMPTED updates reach the service.
+            while not flusher.done() and time.monotonic() < deadline:
+                upto, updates = self.pending.snapshot()
+                if updates:
+                    try:
+                        await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions=updates)
+                        self.pending.settle(upto, DeliveryResult.delivered())
+                    except (ApiError, Retryable) as exc:
+                        log.warning("drain: UpdateWorkerSchedule failed: %s", exc)
+                        await asyncio.sleep(0.2)
+                else:
+                    self._wake.clear()
+                    await self._sleep(asyncio.Event(), 0.2, self._wake)
+            flusher.cancel()
+        await startup.set_status(self.api, self.ids, "STOPPED", budget=left())
+        await self._end_all_sessions()
+        await self.queue.flush(min(2.0, left()))
+        if self.delete_on_stop:
+            await startup.delete_worker(self.api, self.ids)

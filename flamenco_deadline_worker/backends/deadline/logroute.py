@@ -1,0 +1,50 @@
+"""Session log lines from openjd-sessions' logger into the TaskUpdateQueue, by session id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from openjd.sessions import LOG
+
+from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+
+class LogRouter(logging.Handler):
+    """openjd-sessions logs every session's output to one logger; each record names its session."""
+
+    def __init__(self, queue: TaskUpdateQueue) -> None:
+        super().__init__(logging.INFO)
+        self.queue = queue
+        self.routes: dict[str, str] = {}  # session id -> queue task id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._propagate = True
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        LOG.addHandler(self)
+        self._propagate = LOG.propagate
+        LOG.propagate = False  # session output belongs in the session log, not the agent's
+
+    def uninstall(self) -> None:
+        LOG.removeHandler(self)
+        LOG.propagate = self._propagate
+
+    def route(self, session_id: str, task_id: str) -> None:
+        self.routes[session_id] = task_id
+
+    def forget(self, session_id: str) -> None:
+        self.routes.pop(session_id, None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        task_id = self.routes.get(getattr(record, "session_id", ""))
+        if task_id is None or self._loop is None:
+            return
+        try:
+            text = record.getMessage() + "\n"
+        except Exception:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.queue.put_log, task_id, text)
+        except RuntimeError:  # the loop is closed: the agent is going away
+            pass

@@ -1,0 +1,292 @@
+"""One Deadline session: its actions run in order through an openjd-sessions Session.
+
+Failure rules (worker API protocol): after a FAILED, CANCELED or INTERRUPTED envEnter, taskRun or
+syncInputJobAttachments, every later action is NEVER_ATTEMPTED except the envExit of environments
+that were entered; a failed envExit fails only itself.  openjd-sessions blocks, so its calls run in
+threads; its callbacks come back to the event loop with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from openjd.sessions import ActionState, ActionStatus, Session, SessionState
+
+from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, dict[str, Any]], Awaitable[None]]
+FAILURES = ("FAILED", "CANCELED", "INTERRUPTED")
+NO_ATTACHMENTS = (
+    "syncInputJobAttachments is not supported by this worker agent yet: job attachments cannot "
+    "be synchronised. Submit the job without job attachments or use a shared file system."
+)
+
+
+def iso_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@attrs.define
+class Action:
+    id: str
+    kind: str
+    body: dict[str, Any]
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        session_id: str,
+        queue_id: str,
+        entities: JobEntities,
+        report: Report,
+        *,
+        root_dir: Path,
+        env_vars: Callable[[], dict[str, str]],
+        cancel_grace: float = 30.0,
+    ) -> None:
+        self.id = session_id
+        self.queue_id = queue_id
+        self.entities = entities
+        self.report = report
+        self.root_dir = root_dir
+        self.env_vars = env_vars
+        self.cancel_grace = cancel_grace
+        self.pending: list[Action] = []
+        self.known: set[str] = set()
+        self.canceled: set[str] = set()
+        self.running: Action | None = None
+        self.wound_down = False  # a failure: only envExits of entered environments may run
+        self.draining = False  # an expedited drain: nothing more runs
+        self.interrupted: set[str] = set()
+        self._entered: dict[str, str] = {}  # environment id -> openjd identifier
+        self._ojd: Session | None = None
+        self._wake = asyncio.Event()
+        self._done: asyncio.Future[ActionStatus] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- control from the scheduler ------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+
+    @property
+    def idle(self) -> bool:
+        return self.running is None and not self.pending
+
+    def add(self, actions: list[dict[str, Any]]) -> None:
+        """Queue the actions of an UpdateWorkerSchedule answer that are new to us, in the order given."""
+        for raw in actions:
+            if raw["sessionActionId"] in self.known:
+                continue
+            self.known.add(raw["sessionActionId"])
+            kind, body = next(iter(raw["definition"].items()))
+            self.pending.append(Action(raw["sessionActionId"], kind, dict(body)))
+        self._wake.set()
+
+    def cancel(self, action_ids: list[str]) -> None:
+        fresh = set(action_ids) - self.canceled
+        self.canceled |= fresh
+        if self.running is not None and self.running.id in fresh:
+            self._cancel_running(self.cancel_grace)
+        self._wake.set()
+
+    async def interrupt(self, grace: float) -> None:
+        """Expedited drain: the running action INTERRUPTED at once, the rest NEVER_ATTEMPTED."""
+        self.draining = True
+        running = self.running
+        if running is not None and running.id not in self.interrupted:
+            self.interrupted.add(running.id)
+            self._cancel_running(grace)
+            await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
+        for action in self.pending:
+            await self.report(action.id, {"completedStatus": "NEVER_ATTEMPTED"})
+        self.pending.clear()
+        self._wake.set()
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """End the session: stop its loop, cancel what runs, clean its directory."""
+        self.draining = True
+        if self.running is not None:
+            self._cancel_running(min(self.cancel_grace, timeout))
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+        if self._ojd is not None:
+            ojd, self._ojd = self._ojd, None
+            try:
+                await asyncio.to_thread(ojd.cleanup)
+            except Exception:
+                log.exception("session %s: cleaning up its working directory failed", self.id)
+
+    def _cancel_running(self, grace: float) -> None:
+        if self._ojd is None:
+            return
+        ojd = self._ojd
+
+        def cancel() -> None:
+            try:
+                ojd.cancel_action(time_limit=dt.timedelta(seconds=grace))
+            except Exception:  # nothing running any more
+                log.debug("session %s: nothing to cancel", self.id, exc_info=True)
+
+        self._loop.run_in_executor(None, cancel)
+
+    # ---- the action loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            while not self.pending:
+                if self.draining:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            action = self.pending.pop(0)
+            if self.draining:
+                await self.report(action.id, {"completedStatus": "NEVER_ATTEMPTED"})
+                continue
+            try:
+                await self._one(action)
+            except Exception as exc:  # a bug must fail the action, never the agent
+                log.exception("session %s: action %s raised", self.id, action.id)
+                await self._finish(
+                    action,
+                    {
+                        "completedStatus": "FAILED",
+                        "startedAt": iso_now(),
+                        "progressMessage": f"internal error: {exc}"[:4096],
+                    },
+                )
+
+    async def _one(self, action: Action) -> None:
+        skip = action.id in self.canceled
+        if action.kind == "envExit":
+            skip = skip or action.body["environmentId"] not in self._entered
+        elif self.wound_down:
+            skip = True
+        if skip:
+            await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
+            return
+        started = iso_now()
+        if action.kind == "syncInputJobAttachments":
+            await self._finish(
+                action, {"completedStatus": "FAILED", "startedAt": started, "progressMessage": NO_ATTACHMENTS}
+            )
+            return
+        self.running = action
+        try:
+            await self.report(action.id, {"startedAt": started})
+            status = await self._execute(action)
+        except EntityError as exc:
+            await self._finish(
+                action, {"completedStatus": "FAILED", "startedAt": started, "progressMessage": str(exc)[:4096]}
+            )
+            return
+        finally:
+            self.running = None
+        if action.id in self.interrupted:
+            return  # already reported INTERRUPTED by the drain
+        info: dict[str, Any] = {"completedStatus": _completed(status), "startedAt": started}
+        if status.exit_code is not None:
+            info["processExitCode"] = status.exit_code
+        message = status.fail_message or status.status_message
+        if message:
+            info["progressMessage"] = message[:4096]
+        if status.progress is not None:
+            info["progressPercent"] = max(0.0, min(100.0, float(status.progress)))
+        await self._finish(action, info)
+
+    async def _finish(self, action: Action, info: dict[str, Any]) -> None:
+        status = info["completedStatus"]
+        if status != "NEVER_ATTEMPTED":
+            info.setdefault("endedAt", iso_now())
+        if status in FAILURES and action.kind != "envExit":
+            self.wound_down = True
+        await self.report(action.id, info)
+
+    async def _execute(self, action: Action) -> ActionStatus:
+        ojd = await self._session()
+        self._done = self._loop.create_future()
+        env = self.env_vars()
+        if action.kind == "envEnter":
+            env_id = action.body["environmentId"]
+            environment = await self.entities.environment(env_id)
+            self._entered[env_id] = ""  # attempted: its envExit must run whatever happens
+            self._entered[env_id] = await asyncio.to_thread(
+                lambda: ojd.enter_environment(environment=environment, os_env_vars=env)
+            )
+        elif action.kind == "envExit":
+            identifier = self._entered.pop(action.body["environmentId"])
+            await asyncio.to_thread(lambda: ojd.exit_environment(identifier=identifier, os_env_vars=env))
+        elif action.kind == "taskRun":
+            step = await self.entities.step(action.body["stepId"])
+            script = step.script
+            if script is None:
+                raise EntityError(f"step {action.body['stepId']} has no script to run")
+            params = parameter_values(action.body.get("parameters") or {})
+            await asyncio.to_thread(
+                lambda: ojd.run_task(
+                    step_script=script, task_parameter_values=params, os_env_vars=env, step_name=step.name
+                )
+            )
+        else:
+            raise EntityError(f"this agent cannot run {action.kind!r} session actions")
+        if action.id in self.canceled:
+            self._cancel_running(self.cancel_grace)
+        if ojd.state not in (SessionState.RUNNING, SessionState.CANCELING) and not self._done.done():
+            # Nothing to run (an environment without that action) or it failed before it started.
+            self._done.set_result(ojd.action_status or ActionStatus(state=ActionState.SUCCESS))
+        return await self._done
+
+    async def _session(self) -> Session:
+        if self._ojd is None:
+            job = await self.entities.job()
+            values = parameter_values(job.get("parameters") or {})
+            self.root_dir.mkdir(parents=True, exist_ok=True)
+            self._ojd = await asyncio.to_thread(
+                lambda: Session(
+                    session_id=self.id,
+                    job_parameter_values=values,
+                    callback=self._callback,
+                    session_root_directory=self.root_dir,
+                )
+            )
+        return self._ojd
+
+    def _callback(self, session_id: str, status: ActionStatus) -> None:
+        """From openjd's threads: progress while running, the final status at the end."""
+        self._loop.call_soon_threadsafe(self._on_status, status)
+
+    def _on_status(self, status: ActionStatus) -> None:
+        if status.state == ActionState.RUNNING:
+            running = self.running
+            if running is not None and (status.progress is not None or status.status_message):
+                info: dict[str, Any] = {}
+                if status.progress is not None:
+                    info["progressPercent"] = max(0.0, min(100.0, float(status.progress)))
+                if status.status_message:
+                    info["progressMessage"] = status.status_message[:4096]
+                asyncio.ensure_future(self.report(running.id, info))
+            return
+        if self._done is not None and not self._done.done():
+            self._done.set_result(status)
+
+
+def _completed(status: ActionStatus) -> str:
+    if status.state == ActionState.SUCCESS:
+        return "SUCCEEDED"
+    if status.state == ActionState.CANCELED:
+        return "CANCELED"
+    return "FAILED"
