@@ -251,20 +251,25 @@ def test_stale_connection_file(cli: Cli, tmp_path: Path) -> None:
     r = cli("Noop", "daemon", "run", "--connection-file", str(cf), "--run-data", "{}")
     assert r.returncode == 3
     assert "stale connection file" in r.stderr and "daemon start" in r.stderr
+    stale_dir = Path(json.loads(cf.read_text())["socket"]).parent
+    assert stale_dir.exists()
     # start replaces a stale file; stop removes one and says so.
     r = cli("Noop", "daemon", "start", "--connection-file", str(cf))
     assert r.returncode == 0, r.stderr
     assert "replacing the stale connection file" in r.stderr
     assert daemon_pid(cf) != pid
+    assert not stale_dir.exists(), "the dead daemon's socket directory is cleaned up"
     r = cli("Noop", "daemon", "start", "--connection-file", str(cf))
     assert r.returncode == 3 and "already serves" in r.stderr
     new_pid = daemon_pid(cf)
+    stale_dir = Path(json.loads(cf.read_text())["socket"]).parent
     os.kill(new_pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(new_pid), what="daemon death")
     r = cli("Noop", "daemon", "stop", "--connection-file", str(cf))
     assert r.returncode == 0
     assert "removed the connection file" in r.stderr
     assert not cf.exists()
+    assert not stale_dir.exists()
 
 
 def test_daemon_run_with_init_data_starts_a_daemon_once(cli: Cli, tmp_path: Path) -> None:

@@ -141,16 +141,37 @@ def _finish(end: dict[str, object], got_signal: list[int]) -> int:
     return code
 
 
+def remove_stale(connection_file: str) -> None:
+    """Remove a dead daemon's connection file, and its socket directory when it is plainly ours."""
+    try:
+        info = read_connection_file(connection_file)
+    except DaemonUnavailable:
+        info = {}
+    sock_path = str(info.get("socket", ""))
+    directory = os.path.dirname(sock_path)
+    try:
+        if os.path.basename(directory).startswith("fdw-adaptor-") and os.stat(directory).st_uid == os.geteuid():
+            for name in ("daemon.sock", "daemon.log"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
+            os.rmdir(directory)
+    except OSError:
+        pass
+    try:
+        os.unlink(connection_file)
+    except OSError:
+        pass
+
+
 def stop(connection_file: str) -> int:
     """Stop the daemon; a stale connection file is removed with a note, and that is not an error."""
     try:
         connect(connection_file).close()
     except DaemonUnavailable as exc:
         if exc.stale:
-            try:
-                os.unlink(connection_file)
-            except OSError:
-                pass
+            remove_stale(connection_file)
             print(f"note: {exc}; removed the connection file", file=sys.stderr, flush=True)
             return EXIT_OK
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -335,8 +335,7 @@ def start_daemon(
             )
             return EXIT_UNAVAILABLE
         print(f"note: replacing the stale connection file {connection_file}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            os.unlink(connection_file)
+        client.remove_stale(connection_file)
     try:
         init_text, init_source = read_data_arg("init-data", init_arg)
         rules_text, rules_source = read_data_arg("path-mapping-rules", rules_arg) if rules_arg else (None, "inline")
