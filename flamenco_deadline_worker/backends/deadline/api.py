@@ -21,6 +21,7 @@ import botocore.credentials
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class DeadlineApi:
             return await loop.run_in_executor(self._pool, lambda: method(**params))
         except ClientError as exc:
             raise classify(operation, exc) from None
-        except HTTPClientError as exc:
+        except (HTTPClientError, BotoConnectionError) as exc:
             raise Retryable(f"{operation}: cannot reach the service: {exc}", connection=True) from None
 
     async def call_retrying(

@@ -267,7 +267,10 @@ class SessionRunner:
 
     def _callback(self, session_id: str, status: ActionStatus) -> None:
         """From openjd's threads: progress while running, the final status at the end."""
-        self._loop.call_soon_threadsafe(self._on_status, status)
+        try:
+            self._loop.call_soon_threadsafe(self._on_status, status)
+        except RuntimeError:  # the event loop is gone: the agent is exiting
+            pass
 
     def _on_status(self, status: ActionStatus) -> None:
         if status.state == ActionState.RUNNING:
