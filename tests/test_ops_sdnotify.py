@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import RecordingManager, WorkerStarter, python_script_task, until, wait_until
 
 from flamenco_deadline_worker.sdnotify import Notifier
-from conftest import RecordingManager, WorkerStarter, python_script_task, until, wait_until
 
 
 class Listener:
