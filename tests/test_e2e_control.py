@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -35,9 +36,9 @@ while time.monotonic() < deadline:
 """
 
 
-def long_task(name: str, pid_file: Path) -> dict[str, object]:
+def long_task(name: str, pid_file: Path) -> dict[str, Any]:
     task = python_script_task(name, LONG_CHILD)
-    task["commands"][0]["parameters"]["args"].append(str(pid_file))  # type: ignore[index]
+    task["commands"][0]["parameters"]["args"].append(str(pid_file))
     return task
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import signal
 from pathlib import Path
+from typing import Any
 
 from conftest import (
     LONG_TIMEOUT,
@@ -34,9 +35,9 @@ open(done, 'w').close()
 """
 
 
-def gated_task(name: str, first: int, total: int, gate: Path, done: Path) -> dict[str, object]:
+def gated_task(name: str, first: int, total: int, gate: Path, done: Path) -> dict[str, Any]:
     task = python_script_task(name, GATED_SCRIPT)
-    task["commands"][0]["parameters"]["args"] += [str(first), str(total), str(gate), str(done)]  # type: ignore[index]
+    task["commands"][0]["parameters"]["args"] += [str(first), str(total), str(gate), str(done)]
     return task
 
 
