@@ -191,6 +191,7 @@ async def worker_process(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`flamenco-worker --manager URL --home DIR` as a real process; stopped with SIGTERM afterwards."""
     exe = shutil.which("flamenco-worker", path=str(Path(sys.executable).parent)) or "flamenco-worker"
+    home.mkdir(parents=True, exist_ok=True)
     out = (home / "worker-stdout.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         exe, "--manager", manager_url, "--home", str(home), *extra_args,
