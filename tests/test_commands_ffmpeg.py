@@ -68,7 +68,7 @@ async def test_ffmpeg_failure_fails_the_task(frames: Path, tmp_path: Path) -> No
             outputFile=str(tmp_path / "out.mp4"), args=["-c:v", "no-such-codec"],
         ))
     assert run.outcome is Outcome.FAILED
-    assert "FFmpeg exited with code" in run.final_activity, run.final_activity
+    assert "FFmpeg exited with code 1: Unknown encoder 'no-such-codec'" in run.final_activity, run.final_activity
 
 
 def test_argument_order_matches_flamenco() -> None:

@@ -48,7 +48,8 @@ class FFmpegOutput:
         last = line.rsplit("\r", 1)[-1].strip() or line.strip()
         if last.startswith("frame="):
             self.reporter.activity(" ".join(last.split())[:200])
-        elif last and ("Error" in last or "error" in last or "Invalid" in last or "No such" in last):
+        elif last:
+            # FFmpeg's last words before a failing exit are its reason ("Unknown encoder 'x'").
             self.last_error = last[:300]
 
 
