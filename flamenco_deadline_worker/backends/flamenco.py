@@ -74,40 +74,47 @@ async def error_text(resp: aiohttp.ClientResponse) -> str:
 
 
 def parse_task(data: Any) -> Task:
-    """An AssignedTask answer as a Task; FatalServiceError names what is missing or mistyped."""
-    if not isinstance(data, dict):
-        raise FatalServiceError(f"task answer is not a JSON object: {str(data)[:200]!r}")
-    problems = [k for k in ("uuid", "job", "name", "commands") if k not in data]
-    if problems:
-        raise FatalServiceError(f"task answer lacks {', '.join(problems)}")
-    if not isinstance(data["commands"], list):
-        raise FatalServiceError(f"task {data['uuid']}: 'commands' is not a list")
-    commands = []
-    for i, cmd in enumerate(data["commands"], start=1):
+    """An AssignedTask answer as a Task.
+
+    Without a usable ``uuid`` nothing can be reported, so that is a FatalServiceError.  Any other
+    problem becomes a command that fails the task with a message, so the Manager hears about it.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("uuid"), str) or not data["uuid"]:
+        raise FatalServiceError(f"task answer has no task uuid: {str(data)[:200]!r}")
+    raw_commands = data.get("commands")
+    commands: list[CommandSpec] = []
+    if not isinstance(raw_commands, list):
+        commands.append(CommandSpec(name=f"<task answer: 'commands' is {type(raw_commands).__name__}, not a list>",
+                                    parameters={}))
+        raw_commands = []
+    for i, cmd in enumerate(raw_commands, start=1):
         if isinstance(cmd, dict):
             steps = cmd.get("total_step_count", 0)
             commands.append(
                 CommandSpec(
                     name=str(cmd.get("name", "")),
                     parameters=cmd.get("parameters", {}),
-                    total_step_count=steps if isinstance(steps, int) else 0,
+                    total_step_count=steps if isinstance(steps, int) and steps >= 0 else 0,
                 )
             )
         else:
-            # Kept as an invalid command so the task fails with a message instead of the worker.
             commands.append(CommandSpec(name=f"<command {i} is not an object>", parameters={}))
     return Task(
-        id=str(data["uuid"]),
-        job_id=str(data["job"]),
-        name=str(data["name"]),
+        id=data["uuid"],
+        job_id=str(data.get("job", "unknown-job")),
+        name=str(data.get("name", data["uuid"])),
         job_type=str(data.get("job_type", "")),
         task_type=str(data.get("task_type", "")),
         commands=tuple(commands),
-        steps_total=int(data.get("steps_total") or 0),
-        steps_completed=int(data.get("steps_completed") or 0),
-        priority=int(data.get("priority") or 0),
+        steps_total=_int(data.get("steps_total")),
+        steps_completed=_int(data.get("steps_completed")),
+        priority=_int(data.get("priority")),
         raw=data,
     )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _summary(body: Any) -> Any:
