@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,18 @@ def version() -> str:
 
 def build_wheel(out: Path) -> Path:
     """pip wheel of the repository, without dependencies; offline first, with build isolation if needed."""
+    # setuptools builds in <repo>/build; start clean (no stale modules in the wheel) and leave no trace.
+    build_dir = REPO / "build"
+    existed = build_dir.exists()
+    shutil.rmtree(build_dir / "lib", ignore_errors=True)
+    try:
+        return _pip_wheel(out)
+    finally:
+        if not existed:
+            shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _pip_wheel(out: Path) -> Path:
     base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(REPO)]
     attempts = [[*base[:4], "--no-build-isolation", *base[4:]], base]
     errors = []
