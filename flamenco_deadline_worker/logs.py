@@ -128,6 +128,7 @@ class _Bootstrap:
 
 
 _bootstrap = _Bootstrap()
+_opened: list[logging.Handler] = []
 _active_redact: RedactSecrets | None = None
 
 
@@ -145,6 +146,8 @@ def end_bootstrap() -> None:
         if handler is not None:
             root.removeHandler(handler)
             handler.close()
+            if handler in _opened:
+                _opened.remove(handler)
             setattr(_bootstrap, name, None)
 
 
@@ -168,8 +171,9 @@ def setup(
         buffered = list(_bootstrap.buffer.buffer)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-        if handler is not _bootstrap.buffer:
-            handler.close()
+    # Close only the files this module opened; other handlers (a test runner's) are not ours.
+    while _opened:
+        _opened.pop().close()
     _bootstrap.buffer = _bootstrap.file = None
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     redact = RedactSecrets(secrets)
@@ -194,6 +198,7 @@ def setup(
                 boot.handle(record)
         root.addHandler(boot)
         _bootstrap.file = boot
+        _opened.append(boot)
 
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
@@ -203,5 +208,6 @@ def setup(
         file_handler.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
         file_handler.addFilter(redact)
         root.addHandler(file_handler)
+        _opened.append(file_handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return redact
