@@ -46,11 +46,11 @@ def read_pids(path: Path) -> tuple[int, int]:
 
 async def test_no_output_guard_fails_the_task_and_kills_the_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    limits = ProcessLimits(no_output_timeout=2.0, kill_grace=1.0)
+    limits = ProcessLimits(no_output_timeout=4.0, kill_grace=1.0)
     async with harness(tmp_path / "home", limits=limits) as h:
         run = await h.run(cmd("exec", exe="sh", args=["-c", TREE_SCRIPT, "tree", str(pids)]))
     assert run.outcome is Outcome.FAILED
-    assert "no_output_timeout_seconds=2 reached" in run.final_activity, run.final_activity
+    assert "no_output_timeout_seconds=4 reached" in run.final_activity, run.final_activity
     assert "child and grandchild started" in run.log
     child, grandchild = read_pids(pids)
     # The group was SIGTERMed, then SIGKILLed after the grace: the TERM-ignoring grandchild is gone too.
@@ -60,12 +60,12 @@ async def test_no_output_guard_fails_the_task_and_kills_the_group(tmp_path: Path
 
 
 async def test_command_timeout_fails_the_task_naming_the_limit(tmp_path: Path) -> None:
-    limits = ProcessLimits(command_timeout=1.5, no_output_timeout=60.0, kill_grace=1.0)
+    limits = ProcessLimits(command_timeout=3.0, no_output_timeout=60.0, kill_grace=1.0)
     script = "while :; do echo tick; sleep 0.2; done"  # keeps printing: only the total limit can fire
     async with harness(tmp_path / "home", limits=limits) as h:
         run = await h.run(cmd("exec", exe="sh", args=["-c", script]))
     assert run.outcome is Outcome.FAILED
-    assert "command_timeout_seconds=1.5 reached" in run.final_activity, run.final_activity
+    assert "command_timeout_seconds=3 reached" in run.final_activity, run.final_activity
     assert "tick" in run.log
 
 
