@@ -159,13 +159,15 @@ async def test_job_user_runs_task_processes_as_that_user(job_user: str, open_hom
         job = manager.submit_job("as job user", [task_json("t", "misc", command_json("exec", exe="sh",
                                                                                       args=["-c", script]))])
         task_id = manager.job(job).task_ids[0]
-        async with worker_process(manager.url, open_home, job_user=job_user, oom_score_adj="612"):
+        # The no-output guard turns a child stuck before exec into a failed task with a reason, not a hang.
+        async with worker_process(manager.url, open_home, job_user=job_user, oom_score_adj="612",
+                                  no_output_timeout_seconds="60"):
             try:
                 await manager.wait_for(lambda: manager.task(task_id).status in ("completed", "failed"), 120)
             except TimeoutError as exc:
                 raise AssertionError(f"{exc}\nworker output:\n{worker_output(open_home)}") from None
         task = manager.task(task_id)
-        assert task.status == "completed", task.log
+        assert task.status == "completed", f"{task.log}\nworker output:\n{worker_output(open_home)}"
         assert f"uid={uid} user={job_user}" in task.log
         assert "oom=612" in task.log
         assert "wrote" in task.log  # the per-task working directory is the job user's
