@@ -58,6 +58,8 @@ class DeadlineAgent:
     # ---- updates from sessions into the durable queue -------------------------------------
 
     async def report(self, session_id: str, action_id: str, info: dict[str, Any]) -> None:
+        if "completedStatus" in info:
+            self.sink.final_status_queued(session_id, action_id)
         await self.queue.put(
             Update(task_id=f"{session_id}/{action_id}", status=info.get("completedStatus"), extra=info)
         )

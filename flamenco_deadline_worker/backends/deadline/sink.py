@@ -82,17 +82,29 @@ class DeadlineSink:
         self.targets: dict[str, LogTarget] = {}  # session id -> where its log goes
         self._last_call: dict[str, float] = {}
         self._written: dict[tuple[str, str], tuple[int, str]] = {}  # (kind, task) -> (chars, digest)
+        self._finals: dict[str, set[int]] = {}  # session -> actions whose final status is not delivered yet
+
+    def final_status_queued(self, session_id: str, action_id: str) -> None:
+        """A session reported an action's end: later actions' updates must not overtake it."""
+        self._finals.setdefault(session_id, set()).add(_index(action_id))
 
     async def deliver(self, update: Update) -> DeliveryResult:
         session_id, _, action_id = update.task_id.partition("/")
         if action_id == "log":
             return await self._deliver_log(session_id, update.log)
+        index = _index(action_id)
+        finals = self._finals.get(session_id, set())
+        if any(i < index for i in finals):
+            return DeliveryResult(Delivery.RETRY, "an earlier action's end goes first", retry_after=0.05)
         info = dict(update.extra)
         future = self.pending.add(action_id, info)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), STATUS_WAIT)
+            result = await asyncio.wait_for(asyncio.shield(future), STATUS_WAIT)
         except asyncio.TimeoutError:
             return DeliveryResult(Delivery.RETRY, "UpdateWorkerSchedule has not succeeded yet")
+        if result.outcome is not Delivery.RETRY and "completedStatus" in info:
+            finals.discard(index)
+        return result
 
     # ---- logs ----------------------------------------------------------------------------
 
@@ -140,6 +152,13 @@ class DeadlineSink:
         self._written.pop(("cwl", task_id), None)
         self._written.pop(("file", task_id), None)
         return DeliveryResult.delivered()
+
+
+def _index(action_id: str) -> int:
+    try:
+        return int(action_id.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _append(path: Path, text: str) -> None:
