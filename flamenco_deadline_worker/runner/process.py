@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -86,26 +88,26 @@ class ProcessLimits:
     oom_score_adj: int | None = None
 
 
-def _child_setup(oom_score_adj: int | None, creds: _Credentials | None) -> Callable[[], None] | None:
-    """Runs in the child between fork and exec: oom_score_adj first, then the user switch.
+def with_oom_score(argv: Sequence[str], oom_score_adj: int | None) -> list[str]:
+    """``argv`` behind util-linux's ``choom``, which raises its own score and then execs ``argv``.
 
-    The order matters: once the child has dropped root, /proc/self/oom_score_adj belongs to root
-    (the process is no longer dumpable) and the write would fail.
+    No Python runs between fork and exec (a pre-exec hook can deadlock in a threaded worker), and
+    choom runs as the job user, who may always raise a score: the kernel then picks Blender, not us.
     """
-    if oom_score_adj is None and creds is None:
-        return None
+    if oom_score_adj is None:
+        return list(argv)
+    choom = _choom()
+    if choom is None:
+        return list(argv)
+    return [choom, "-n", str(oom_score_adj), "--", *argv]
 
-    def setup() -> None:
-        if oom_score_adj is not None:
-            # Raising our own score needs no privilege; the kernel then picks Blender, not the worker.
-            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(oom_score_adj))
-        if creds is not None:
-            os.setgroups(list(creds.groups))
-            os.setgid(creds.gid)
-            os.setuid(creds.uid)
 
-    return setup
+@functools.cache
+def _choom() -> str | None:
+    found = shutil.which("choom")
+    if found is None:
+        log.warning("choom (util-linux) not found: oom_score_adj is not applied to task processes")
+    return found
 
 
 class LineSplitter:
@@ -186,9 +188,14 @@ async def spawn(
     """Start ``argv`` without a shell, in a new session, stdout and stderr merged."""
     if not argv:
         raise ValueError("empty command line")
-    full_argv = run_as.wrap(argv) if run_as else list(argv)
+    inner = with_oom_score(argv, oom_score_adj)
+    full_argv = run_as.wrap(inner) if run_as else inner
     creds = run_as.credentials() if run_as else None
     child_env = run_as.child_env(env) if run_as else (dict(env) if env is not None else None)
+    # The user switch is done by subprocess itself, in C, between fork and exec.
+    switch: dict[str, object] = (
+        {"user": creds.uid, "group": creds.gid, "extra_groups": list(creds.groups)} if creds else {}
+    )
     proc = await asyncio.create_subprocess_exec(
         *full_argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -197,8 +204,8 @@ async def spawn(
         cwd=cwd,
         env=child_env,
         start_new_session=True,
-        preexec_fn=_child_setup(oom_score_adj, creds),
         limit=READ_CHUNK,
+        **switch,  # type: ignore[arg-type]
     )
     child = ChildProcess(proc, full_argv)
     LIVE_CHILDREN.add(child)
