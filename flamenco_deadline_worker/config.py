@@ -121,6 +121,9 @@ KEYS: tuple[Key, ...] = (
     Key("tls_ca_file", str, "", "Extra CA bundle for an https Manager (TLS is always verified)."),
     Key("farm_id", str, "", "Deadline Cloud farm id (backend = 'deadline')."),
     Key("fleet_id", str, "", "Deadline Cloud fleet id (backend = 'deadline')."),
+    Key("deadline_region", str, "", "AWS region of the farm; empty: $AWS_REGION or $AWS_DEFAULT_REGION."),
+    Key("session_root_dir", str, "deadline-sessions", "Directory holding Deadline Cloud session directories."),
+    Key("deadline_delete_worker_on_stop", bool, False, "Delete the Deadline Cloud worker when the agent stops."),
     Key("worker_id", str, "", "Written by the worker at registration; keep it with worker_secret."),
     Key("worker_secret", str, "", "Written by the worker at registration; never logged.", secret=True),
 )
@@ -159,6 +162,9 @@ class WorkerConfig:
     tls_ca_file: str
     farm_id: str
     fleet_id: str
+    deadline_region: str
+    session_root_dir: Path
+    deadline_delete_worker_on_stop: bool
     worker_id: str
     worker_secret: str = attrs.field(repr=False)
     sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
@@ -271,7 +277,7 @@ def load(
     values["worker_name"] = values["worker_name"] or socket.gethostname()
     values["task_types"] = tuple(values["task_types"])
     values["log_level"] = values["log_level"].lower()
-    for name in ("task_update_queue_db", "logs_dir", "work_dir"):
+    for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()
     return WorkerConfig(home=home, home_config=home_config, sources=sources, **values)
 

@@ -30,7 +30,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
         return 2
     region = (
-        getattr(config, "deadline_region", "") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        config.deadline_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     )
     api = DeadlineApi(region or None)
     state_file = config.home / "deadline-worker.json"
@@ -48,7 +48,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         api.close()
         return EXIT_FATAL
     log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
-    session_root = getattr(config, "session_root_dir", None) or config.home / "deadline-sessions"
+    session_root = config.session_root_dir
     agent = DeadlineAgent(
         api,
         ids,
@@ -58,7 +58,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         push_log_max_bytes=config.push_log_max_bytes,
         push_log_max_interval=config.push_log_max_interval_seconds,
         drain_seconds=max(5.0, config.shutdown_flush_seconds),
-        delete_on_stop=bool(getattr(config, "deadline_delete_worker_on_stop", False)),
+        delete_on_stop=config.deadline_delete_worker_on_stop,
     )
     try:
         return await agent.run(stop_event)
