@@ -23,6 +23,8 @@ from typing import Protocol
 
 import attrs
 
+from flamenco_deadline_worker.atomicfile import write_atomic
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -289,14 +291,7 @@ class File:
             return f"kept existing {target} (use --overwrite-config to replace it)"
         unchanged = target.exists() and target.read_text(encoding="utf-8") == self.content
         if not unchanged:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.content)
-            os.chmod(tmp, self.mode)
-            _chown(ctx, tmp, self.owner, self.group)
-            os.replace(tmp, target)
+            write_atomic(target, self.content, self.mode, prepare=lambda tmp: _chown(ctx, tmp, self.owner, self.group))
         os.chmod(target, self.mode)
         note = _chown(ctx, target, self.owner, self.group)
         return f"{'unchanged' if unchanged else 'wrote'} {target} ({self.mode:04o}){note}"

@@ -16,13 +16,13 @@ import logging
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker import __version__, records, sdnotify
+from flamenco_deadline_worker.atomicfile import write_atomic
 from flamenco_deadline_worker.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -50,17 +50,7 @@ def task_log_file(logs_dir: Path, job_id: str, task_id: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
 
 
 def pid_alive(pid: int) -> bool:

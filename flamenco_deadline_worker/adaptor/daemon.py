@@ -26,6 +26,7 @@ import threading
 import time
 from types import FrameType
 
+from ..atomicfile import write_atomic
 from . import client, output
 from .protocol import (
     EXIT_FAILED,
@@ -44,14 +45,7 @@ DEFAULT_IDLE_TIMEOUT = 900.0
 
 def write_private_file(path: str, text: str) -> None:
     """Write ``path`` atomically, mode 0600 from the first byte."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text, 0o600)
 
 
 class _Sender:
