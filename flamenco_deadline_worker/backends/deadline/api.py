@@ -1,4 +1,4 @@
-"""boto3 clients for the worker API and CloudWatch Logs, run in threads, with the protocol's retry rules.
+"""botocore (boto3's core) clients for the worker API and CloudWatch Logs, in threads, with the retry rules.
 
 Throttling, internal errors and CONCURRENT_MODIFICATION are retried with exponential backoff that
 honours Retry-After; connection errors are retried without limit, so an outage never ends the
@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
+import ctypes.util
 import datetime as dt
+import gc
+import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import boto3
 import botocore.credentials
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 log = logging.getLogger(__name__)
@@ -58,51 +63,181 @@ class ApiError(Exception):
         self.context_status = str(context.get("status", ""))
 
 
-class _SwappableCredentials(botocore.credentials.Credentials):
-    """Credentials the agent replaces when it refreshes them; every client sees the new ones."""
+# The operations this worker calls: botocore's models are cut down to them (and the shapes they
+# use) as they load, and its endpoint table to these services, which saves ~18 MiB of parsed JSON.
+OPERATIONS: dict[str, frozenset[str]] = {
+    "deadline": frozenset(
+        {
+            "CreateWorker",
+            "AssumeFleetRoleForWorker",
+            "UpdateWorker",
+            "UpdateWorkerSchedule",
+            "BatchGetJobEntity",
+            "AssumeQueueRoleForWorker",
+            "DeleteWorker",
+        }
+    ),
+    "logs": frozenset({"PutLogEvents"}),
+}
 
-    def __init__(self, access_key: str, secret_key: str, token: str | None) -> None:
-        super().__init__(access_key, secret_key, token)
-        self._frozen = botocore.credentials.ReadOnlyCredentials(access_key, secret_key, token)
+
+def trim_service_model(model: dict[str, Any], keep: frozenset[str]) -> dict[str, Any]:
+    """A copy of a botocore service model with only the operations ``keep`` and the shapes they reach,
+    without documentation."""
+    operations = {
+        name: {k: v for k, v in op.items() if k != "documentation"}
+        for name, op in model["operations"].items()
+        if name in keep
+    }
+    shapes: dict[str, Any] = model["shapes"]
+    wanted: set[str] = set()
+    todo: list[str] = []
+    for op in operations.values():
+        refs = [op.get("input"), op.get("output"), *op.get("errors", [])]
+        todo += [ref["shape"] for ref in refs if ref and "shape" in ref]
+    while todo:
+        name = todo.pop()
+        if name in wanted or name not in shapes:
+            continue
+        wanted.add(name)
+        shape = shapes[name]
+        refs = [shape.get("member"), shape.get("key"), shape.get("value"), *shape.get("members", {}).values()]
+        todo += [ref["shape"] for ref in refs if ref and "shape" in ref]
+
+    def undocumented(shape: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in shape.items() if k != "documentation"}
+        if "members" in out:
+            out["members"] = {
+                m: {k: v for k, v in ref.items() if k != "documentation"} for m, ref in out["members"].items()
+            }
+        return out
+
+    trimmed = {k: v for k, v in model.items() if k not in ("operations", "shapes", "documentation")}
+    trimmed["operations"] = operations
+    trimmed["shapes"] = {name: undocumented(shapes[name]) for name in sorted(wanted)}
+    return trimmed
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json.loads(json.dumps(data))
+    return copied
+
+
+class _WorkerLoader(botocore.loaders.Loader):
+    """botocore's data loader, keeping only the parts of its models this worker uses."""
+
+    def load_service_model(self, service_name: str, type_name: str, api_version: str | None = None) -> Any:
+        model = super().load_service_model(service_name, type_name, api_version)
+        keep = OPERATIONS.get(service_name)
+        if type_name != "service-2" or keep is None or len(model["operations"]) <= len(keep):
+            return model
+        trimmed = _deep_copy(trim_service_model(model, keep))
+        self._replace_cached(model, trimmed)
+        return trimmed
+
+    def load_data_with_path(self, name: str) -> Any:
+        data, path = super().load_data_with_path(name)
+        if name != "endpoints" or not isinstance(data, dict) or data.get("_worker_trimmed"):
+            return data, path
+        trimmed = dict(data, _worker_trimmed=True)
+        trimmed["partitions"] = [
+            dict(part, services={k: v for k, v in part.get("services", {}).items() if k in OPERATIONS})
+            for part in data.get("partitions", [])
+        ]
+        trimmed = _deep_copy(trimmed)
+        self._replace_cached(data, trimmed)
+        return trimmed, path
+
+    def _replace_cached(self, full: Any, trimmed: Any) -> None:
+        """Let the full parse go.  ``trimmed`` must be a deep copy: parts of the full one it kept
+        would pin the memory pools of the whole parse, so it could not go back to the system."""
+        cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]  # botocore's instance_cache store
+        for key, value in list(cache.items()):
+            if value is full:
+                cache[key] = trimmed
+            elif isinstance(value, tuple) and value and value[0] is full:
+                cache[key] = (trimmed, *value[1:])
+
+
+class _WorkerCredentials(botocore.credentials.Credentials):
+    """What every client signs with: the host's credentials (the default chain) until the fleet
+    role's arrive, then those, swapped in place when they are refreshed.  No client is re-created."""
+
+    def __init__(self, host: botocore.credentials.Credentials | None) -> None:
+        super().__init__("", "", None, method="flamenco-deadline-worker")
+        self._host = host
+        self._frozen: botocore.credentials.ReadOnlyCredentials | None = None
 
     def swap(self, access_key: str, secret_key: str, token: str | None) -> None:
         self._frozen = botocore.credentials.ReadOnlyCredentials(access_key, secret_key, token)
-        self.access_key, self.secret_key, self.token = access_key, secret_key, token
 
     def get_frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
-        return self._frozen
+        if self._frozen is not None:
+            return self._frozen
+        if self._host is None:
+            raise NoCredentialsError()
+        frozen: botocore.credentials.ReadOnlyCredentials = self._host.get_frozen_credentials()
+        return frozen
+
+    def __repr__(self) -> str:  # never the keys, even by accident
+        return f"<{type(self).__name__} {'fleet role' if self._frozen else 'host'}>"
+
+
+class _Fixed(botocore.credentials.CredentialProvider):
+    METHOD = "flamenco-deadline-worker"
+    CANONICAL_NAME = "FlamencoDeadlineWorker"
+
+    def __init__(self, creds: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self._creds = creds
+
+    def load(self) -> botocore.credentials.Credentials:
+        return self._creds
+
+
+def release_memory() -> None:
+    """Give freed heap back to the system (after the models are loaded and trimmed)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class DeadlineApi:
-    """The worker API and CloudWatch Logs clients, first on the host's credentials, then the fleet role's."""
+    """The worker API and CloudWatch Logs clients of one botocore session: two clients for the
+    agent's whole life, first signing with the host's credentials, then with the fleet role's."""
 
     def __init__(self, region: str | None) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="boto3")
+        # Two threads: an UpdateWorkerSchedule and a PutLogEvents (or BatchGetJobEntity) at once.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="boto3")
         self._config = Config(
-            retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=60, max_pool_connections=8
+            retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=60, max_pool_connections=4
         )
-        self._region = region
-        self._bootstrap = boto3.Session(region_name=region)
-        self._fleet_creds: _SwappableCredentials | None = None
+        session = botocore.session.Session()
+        data_path = session.get_config_variable("data_path")
+        paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else []
+        session.register_component("data_loader", _WorkerLoader(extra_search_paths=paths))
+        resolver = session.get_component("credential_provider")
+        self._creds = _WorkerCredentials(resolver.load_credentials())
+        resolver.insert_before("env", _Fixed(self._creds))
+        self._session = session
+        self._region = region or session.get_config_variable("region")
         self.fleet_expiry: dt.datetime | None = None
-        self.deadline = self._bootstrap.client("deadline", config=self._config)
+        self.deadline: Any = session.create_client("deadline", region_name=self._region, config=self._config)
         self.logs: Any = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def use_fleet_credentials(self, creds: Mapping[str, Any]) -> None:
-        """Record AssumeFleetRoleForWorker credentials; every later call uses them."""
+        """Record AssumeFleetRoleForWorker credentials; every later call of both clients uses them."""
         self.fleet_expiry = creds["expiration"]
-        if self._fleet_creds is not None:
-            self._fleet_creds.swap(creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"])
-            return
-        self._fleet_creds = _SwappableCredentials(creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"])
-        core = botocore.session.get_session()
-        core._credentials = self._fleet_creds  # type: ignore[attr-defined]  # botocore keeps a session's credentials here; both clients share them
-        session = boto3.Session(botocore_session=core, region_name=self._bootstrap.region_name)
-        self.deadline = session.client("deadline", config=self._config)
-        self.logs = session.client("logs", config=self._config)
+        self._creds.swap(creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"])
+        if self.logs is None:
+            self.logs = self._session.create_client("logs", region_name=self._region, config=self._config)
+            release_memory()
 
     def fleet_credentials_due(self, margin: float = 20 * 60) -> bool:
         """True when the fleet credentials expire within ``margin`` seconds (the protocol asks >= 15 min)."""
