@@ -267,7 +267,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
     return {
         "worker_id": saved.get("worker_id") or config.worker_id or None,
         "worker_name": saved.get("worker_name") or config.worker_name,
-        "backend": config.backend,
+        "backend": saved.get("backend") or config.backend,  # the running worker's, e.g. --backend deadline
         "service": saved.get("service") or (config.manager_url if config.backend == "flamenco" else config.farm_id),
         "running": running,
         "pid": pid if running else None,

@@ -29,38 +29,70 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
     if not config.farm_id or not config.fleet_id:
         log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
         return 2
+    from flamenco_deadline_worker import records
+    from flamenco_deadline_worker.status import service_presence
+
+    # botocore's own debug logging prints whole answers, credentials included: never let it through.
+    for name in ("botocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     region = (
         config.deadline_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     )
     api = DeadlineApi(region or None)
+    startup.hide_host_credentials()
     state_file = config.home / "deadline-worker.json"
-    try:
-        worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
-        if worker_id is None:
-            worker_id = await startup.create_worker(api, config.farm_id, config.fleet_id)
-            startup.save_worker_id(state_file, config.farm_id, config.fleet_id, worker_id)
-            log.info("created worker %s in fleet %s", worker_id, config.fleet_id)
-        ids = {"farmId": config.farm_id, "fleetId": config.fleet_id, "workerId": worker_id}
-        await startup.assume_fleet_role(api, ids)
-        await startup.set_started(api, ids)
-    except startup.StartupFailed as exc:
-        log.error("%s", exc)
-        api.close()
-        return EXIT_FATAL
-    log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
-    session_root = config.session_root_dir
-    agent = DeadlineAgent(
-        api,
-        ids,
-        queue_db=config.task_update_queue_db,
-        logs_dir=config.logs_dir,
-        session_root=session_root,
-        push_log_max_bytes=config.push_log_max_bytes,
-        push_log_max_interval=config.push_log_max_interval_seconds,
-        drain_seconds=max(5.0, config.shutdown_flush_seconds),
-        delete_on_stop=config.deadline_delete_worker_on_stop,
-    )
-    try:
-        return await agent.run(stop_event)
-    finally:
-        api.close()
+    service = f"Deadline Cloud farm {config.farm_id}, fleet {config.fleet_id}"
+    agent: DeadlineAgent | None = None
+
+    def healthy() -> bool:
+        return agent is None or agent.healthy()
+
+    async with service_presence(config, stop_event, healthy=healthy) as publisher:
+        try:
+            worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
+            if worker_id is None:
+                publisher.waiting("CreateWorker")
+                worker_id = await startup.create_worker(api, config.farm_id, config.fleet_id)
+                startup.save_worker_id(state_file, config.farm_id, config.fleet_id, worker_id)
+                records.worker_create(worker_id, service, farm_id=config.farm_id, fleet_id=config.fleet_id)
+            else:
+                records.worker_load(worker_id, state_file, farm_id=config.farm_id, fleet_id=config.fleet_id)
+            publisher.data["worker_id"] = worker_id
+            ids = {"farmId": config.farm_id, "fleetId": config.fleet_id, "workerId": worker_id}
+            publisher.waiting("AssumeFleetRoleForWorker, UpdateWorker STARTED")
+            await startup.assume_fleet_role(api, ids)
+            await startup.set_started(api, ids)
+        except startup.StartupFailed as exc:
+            log.error("%s", exc)
+            api.close()
+            publisher.exit_code = EXIT_FATAL
+            return EXIT_FATAL
+        log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
+        publisher.signed_on(worker_id)
+        publisher.state("started")
+        agent = DeadlineAgent(
+            api,
+            ids,
+            queue_db=config.task_update_queue_db,
+            logs_dir=config.logs_dir,
+            session_root=config.session_root_dir,
+            push_log_max_bytes=config.push_log_max_bytes,
+            push_log_max_interval=config.push_log_max_interval_seconds,
+            drain_seconds=max(5.0, config.shutdown_flush_seconds),
+            delete_on_stop=config.deadline_delete_worker_on_stop,
+            publisher=publisher,
+        )
+        queue = agent.queue
+        publisher.metrics_source = lambda: {
+            "queue_backlog_bytes": queue.backlog_bytes,
+            "delivered_updates": queue.delivered_updates,
+            "sessions": len(agent.sessions) if agent is not None else 0,
+        }
+        try:
+            publisher.exit_code = await agent.run(stop_event)
+            if agent.deleted:
+                state_file.unlink(missing_ok=True)
+            return publisher.exit_code
+        finally:
+            api.close()
+    return EXIT_FATAL  # not reached: the block above returns

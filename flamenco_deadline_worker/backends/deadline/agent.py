@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable, backoff
@@ -17,6 +18,9 @@ from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredenti
 from flamenco_deadline_worker.backends.deadline.session import SessionRunner
 from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, LogTarget, PendingUpdates
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.status import StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class DeadlineAgent:
         push_log_max_interval: float,
         drain_seconds: float,
         delete_on_stop: bool = False,
+        publisher: StatusPublisher | None = None,
     ) -> None:
         self.api = api
         self.ids = ids
@@ -54,6 +59,17 @@ class DeadlineAgent:
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
         self.router = LogRouter(self.queue)
         self.interval = 15.0
+        self.publisher = publisher
+        self.deleted = False  # DeleteWorker succeeded: the saved worker id is no use any more
+        self._drain: asyncio.Task[None] | None = None
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the update drain is alive."""
+        return self._drain is None or not self._drain.done()
+
+    def _state(self, state: str) -> None:
+        if self.publisher is not None:
+            self.publisher.state(state)
 
     # ---- updates from sessions into the durable queue -------------------------------------
 
@@ -68,7 +84,7 @@ class DeadlineAgent:
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.queue.open()
-        drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
+        drain = self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
         try:
             outcome = await self._loop(stop)
@@ -153,11 +169,15 @@ class DeadlineAgent:
         for session_id in [s for s in self.sessions if s not in assigned]:
             runner = self.sessions.pop(session_id)
             self.router.forget(session_id)
-            asyncio.create_task(runner.close())
+            records.session_remove(session_id, runner.queue_id, "the service ended it")
+            asyncio.create_task(self._close(runner))
         for session_id, spec in assigned.items():
             known = self.sessions.get(session_id)
             runner = known if known is not None else await self._new_session(session_id, spec)
-            runner.add(spec["sessionActions"])
+            added = runner.add(spec["sessionActions"])
+            if added:
+                records.session_add(session_id, runner.queue_id, added)
+        self._state("working" if self.sessions else "idle")
         for session_id, action_ids in (answer.get("cancelSessionActions") or {}).items():
             if session_id in self.sessions:
                 self.sessions[session_id].cancel(action_ids)
@@ -166,6 +186,8 @@ class DeadlineAgent:
         queue_id = spec["queueId"]
         options = spec.get("logConfiguration", {}).get("options") or {}
         local = self.logs_dir / queue_id / f"{session_id}.log"
+        records.session_starting(session_id, queue_id, job_id=spec["jobId"])
+        records.session_logs(session_id, queue_id, local)
         self.sink.targets[session_id] = LogTarget(
             options.get("logGroupName", ""), options.get("logStreamName", ""), local
         )
@@ -180,23 +202,37 @@ class DeadlineAgent:
         self.sessions[session_id] = runner
         self.router.route(session_id, f"{session_id}/log")
         asyncio.create_task(self._prepare_credentials(runner, entities))
-        runner.start()
         return runner
 
     async def _prepare_credentials(self, runner: SessionRunner, entities: JobEntities) -> None:
+        """The queue role's credentials, then the session's first action: no action runs without them."""
         try:
             job = await entities.job()
         except Exception as exc:
             self.queue.put_log(f"{runner.id}/log", f"could not read the job details: {exc}\n")
-            return
-        message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
-        if message:
-            self.queue.put_log(f"{runner.id}/log", message + "\n")
+        else:
+            message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
+            if message:
+                self.queue.put_log(f"{runner.id}/log", message + "\n")
+        finally:
+            if not runner.draining:
+                runner.start()
+
+    async def _close(self, runner: SessionRunner, timeout: float = 30.0) -> None:
+        await runner.close(timeout=timeout)
+        seconds = time.monotonic() - runner.started
+        if runner.wound_down:
+            records.session_failed(runner.id, runner.queue_id, "an action failed, was canceled or interrupted")
+        records.session_complete(
+            runner.id, runner.queue_id, "FAILED" if runner.wound_down else "SUCCEEDED", seconds
+        )
 
     async def _end_all_sessions(self) -> None:
         runners = list(self.sessions.values())
         self.sessions.clear()
-        await asyncio.gather(*(r.close(timeout=10) for r in runners))
+        for runner in runners:
+            records.session_remove(runner.id, runner.queue_id, "the worker stops")
+        await asyncio.gather(*(self._close(r, timeout=10) for r in runners))
 
     # ---- drains and shutdown -------------------------------------------------------------
 
@@ -207,6 +243,9 @@ class DeadlineAgent:
         def left() -> float:
             return max(0.5, deadline - time.monotonic())
 
+        self._state("stopping")
+        if self.publisher is not None:
+            self.publisher.stopping("the service asked the worker to stop" if service_initiated else "drain")
         await startup.set_status(self.api, self.ids, "STOPPING", budget=min(2.0, left()))
         if self.sessions:
             await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
@@ -228,5 +267,6 @@ class DeadlineAgent:
         await startup.set_status(self.api, self.ids, "STOPPED", budget=left())
         await self._end_all_sessions()
         await self.queue.flush(min(2.0, left()))
-        if self.delete_on_stop:
-            await startup.delete_worker(self.api, self.ids)
+        if self.delete_on_stop and await startup.delete_worker(self.api, self.ids):
+            self.deleted = True
+            records.worker_delete(self.ids["workerId"], "deadline_delete_worker_on_stop is set")

@@ -28,6 +28,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from flamenco_deadline_worker import logs, records
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = {
@@ -234,6 +236,8 @@ class DeadlineApi:
     def use_fleet_credentials(self, creds: Mapping[str, Any]) -> None:
         """Record AssumeFleetRoleForWorker credentials; every later call of both clients uses them."""
         self.fleet_expiry = creds["expiration"]
+        logs.add_secret(creds["secretAccessKey"])  # in case any message ever quotes them
+        logs.add_secret(creds["sessionToken"])
         self._creds.swap(creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"])
         if self.logs is None:
             self.logs = self._session.create_client("logs", region_name=self._region, config=self._config)
@@ -246,16 +250,34 @@ class DeadlineApi:
         return (self.fleet_expiry - dt.datetime.now(dt.timezone.utc)).total_seconds() < margin
 
     async def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """One attempt of ``operation`` in a thread: the answer, or Retryable, or ApiError."""
+        """One attempt of ``operation`` in a thread: the answer, or Retryable, or ApiError.
+
+        API Req/Resp records (debug level) name the operation, the URL, the parameters (log text
+        and secrets left out) and the HTTP status; answers are never logged, as some carry credentials.
+        """
         client = self.logs if operation == "put_log_events" else self.deadline
         method: Callable[..., dict[str, Any]] = getattr(client, operation)
         loop = asyncio.get_running_loop()
+        debug = records.log.isEnabledFor(logging.DEBUG)
+        if debug:
+            records.api_request(operation, client.meta.endpoint_url, _loggable(params))
+        started = time.monotonic()
         try:
-            return await loop.run_in_executor(self._pool, lambda: method(**params))
+            answer = await loop.run_in_executor(self._pool, lambda: method(**params))
         except ClientError as exc:
-            raise classify(operation, exc) from None
+            error = classify(operation, exc)
+            if debug:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                records.api_response(operation, status, time.monotonic() - started, str(error))
+            raise error from None
         except (HTTPClientError, BotoConnectionError) as exc:
+            if debug:
+                records.api_response(operation, "unreachable", time.monotonic() - started, type(exc).__name__)
             raise Retryable(f"{operation}: cannot reach the service: {exc}", connection=True) from None
+        if debug:
+            status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            records.api_response(operation, status, time.monotonic() - started)
+        return answer
 
     async def call_retrying(
         self,
@@ -288,6 +310,14 @@ class DeadlineApi:
                         pass
                 else:
                     await asyncio.sleep(wait)
+
+
+def _loggable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of a call as an API Req record shows them: log events counted, not copied."""
+    shown = dict(params)
+    if "logEvents" in shown:
+        shown["logEvents"] = f"{len(shown['logEvents'])} event(s)"
+    return shown
 
 
 def backoff(delay: float, retry_after: float | None) -> float:

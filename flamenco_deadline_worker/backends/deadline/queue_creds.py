@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flamenco_deadline_worker import logs
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class QueueCredentials:
             "SessionToken": creds["sessionToken"],
             "Expiration": expiry.isoformat(),
         }
+        logs.add_secret(creds["secretAccessKey"])
+        logs.add_secret(creds["sessionToken"])
         _atomic(base / "credentials.json", json.dumps(document))
         process = f"cat {shlex.quote(str(base / 'credentials.json'))}"
         _atomic(base / "config", f"[profile deadline-{queue_id}]\ncredential_process = {process}\n")

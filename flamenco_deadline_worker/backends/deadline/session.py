@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import attrs
 from openjd.sessions import ActionState, ActionStatus, Session, SessionState
 
+from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class SessionRunner:
         self._done: asyncio.Future[ActionStatus] | None = None
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
 
     # ---- control from the scheduler ------------------------------------------------------
 
@@ -83,19 +86,25 @@ class SessionRunner:
     def idle(self) -> bool:
         return self.running is None and not self.pending
 
-    def add(self, actions: list[dict[str, Any]]) -> None:
-        """Queue the actions of an UpdateWorkerSchedule answer that are new to us, in the order given."""
+    def add(self, actions: list[dict[str, Any]]) -> list[str]:
+        """Queue the actions of an UpdateWorkerSchedule answer that are new to us, in the order given;
+        their ids."""
+        added = []
         for raw in actions:
             if raw["sessionActionId"] in self.known:
                 continue
             self.known.add(raw["sessionActionId"])
             kind, body = next(iter(raw["definition"].items()))
             self.pending.append(Action(raw["sessionActionId"], kind, dict(body)))
+            added.append(raw["sessionActionId"])
         self._wake.set()
+        return added
 
     def cancel(self, action_ids: list[str]) -> None:
         fresh = set(action_ids) - self.canceled
         self.canceled |= fresh
+        for action_id in sorted(fresh):
+            records.action_cancel(self.id, action_id, "canceled by the service")
         if self.running is not None and self.running.id in fresh:
             self._cancel_running(self.cancel_grace)
         self._wake.set()
@@ -106,6 +115,7 @@ class SessionRunner:
         running = self.running
         if running is not None and running.id not in self.interrupted:
             self.interrupted.add(running.id)
+            records.action_cancel(self.id, running.id, "the worker is stopping")
             self._cancel_running(grace)
             await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
         for action in self.pending:
@@ -186,6 +196,7 @@ class SessionRunner:
             )
             return
         self.running = action
+        records.action_start(self.id, action.id, action.kind, queue_id=self.queue_id, **_what(action))
         try:
             await self.report(action.id, {"startedAt": started})
             status = await self._execute(action)
@@ -212,6 +223,11 @@ class SessionRunner:
         status = info["completedStatus"]
         if status != "NEVER_ATTEMPTED":
             info.setdefault("endedAt", iso_now())
+        seconds = 0.0
+        if "startedAt" in info:
+            seconds = (_parse_iso(info["endedAt"]) - _parse_iso(info["startedAt"])).total_seconds()
+        extra = {k: info[k] for k in ("processExitCode", "progressMessage") if k in info}
+        records.action_end(self.id, action.id, status, seconds, kind=action.kind, **extra)
         if status in FAILURES and action.kind != "envExit":
             self.wound_down = True
         await self.report(action.id, info)
@@ -285,6 +301,16 @@ class SessionRunner:
             return
         if self._done is not None and not self._done.done():
             self._done.set_result(status)
+
+
+def _parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _what(action: Action) -> dict[str, Any]:
+    """What an action works on, for its records: the environment, or the step and task."""
+    keys = ("environmentId", "stepId", "taskId")
+    return {k: action.body[k] for k in keys if k in action.body}
 
 
 def _completed(status: ActionStatus) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -28,6 +29,24 @@ def host_properties() -> dict[str, object]:
     except OSError:
         pass
     return props
+
+
+HOST_CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+)
+
+
+def hide_host_credentials() -> None:
+    """Take the host's credential variables out of this process's environment once the clients hold
+    them: task processes inherit the environment, and the host's credentials must never reach them
+    (they would also win over the queue role's profile)."""
+    hidden = [name for name in HOST_CREDENTIAL_VARIABLES if os.environ.pop(name, None) is not None]
+    if hidden:
+        log.info("host credentials taken out of the environment task processes inherit: %s", ", ".join(hidden))
 
 
 def load_worker_id(state_file: Path, farm_id: str, fleet_id: str) -> str | None:
@@ -119,18 +138,20 @@ async def set_status(api: DeadlineApi, ids: dict[str, Any], status: str, budget:
             return True
 
 
-async def delete_worker(api: DeadlineApi, ids: dict[str, Any]) -> None:
+async def delete_worker(api: DeadlineApi, ids: dict[str, Any]) -> bool:
+    """DeleteWorker (setting the worker STOPPED first if the service asks for it); True when deleted."""
     for _ in range(2):
         try:
             await api.call_retrying("delete_worker", give_up_after=30, **ids)
             log.info("deleted worker %s", ids["workerId"])
-            return
+            return True
         except ApiError as exc:
             if exc.code == "ConflictException" and exc.reason == "STATUS_CONFLICT":
                 await set_status(api, ids, "STOPPED", budget=30)
                 continue
             log.warning("DeleteWorker: %s; going on", exc)
-            return
+            return False
         except Retryable as exc:
             log.warning("DeleteWorker did not get through: %s", exc)
-            return
+            return False
+    return False

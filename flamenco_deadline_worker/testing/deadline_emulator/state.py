@@ -121,6 +121,7 @@ class ServiceState:
         self.calls: list[tuple[str, str]] = []  # (operation, access key id)
         self.fleet_keys: dict[str, str] = {}  # access key id -> worker id
         self.queue_keys: set[str] = set()
+        self.issued_secrets: list[str] = []  # every secret access key and session token handed out
         self.log_streams[(f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}", "")] = []
 
     # ---- helpers for tests -----------------------------------------------------------------
@@ -204,10 +205,12 @@ class ServiceState:
 
     def _credentials(self, prefix: str) -> dict[str, Any]:
         expiry = now() + dt.timedelta(seconds=self.options.credential_lifetime_seconds)
+        secret, token = secrets.token_hex(20), secrets.token_hex(32)
+        self.issued_secrets += [secret, token]
         return {
             "accessKeyId": prefix + secrets.token_hex(6).upper(),
-            "secretAccessKey": secrets.token_hex(20),
-            "sessionToken": secrets.token_hex(32),
+            "secretAccessKey": secret,
+            "sessionToken": token,
             "expiration": expiry,
         }
 

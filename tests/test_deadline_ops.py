@@ -1,0 +1,292 @@
+"""The Deadline backend as an admin and the service see it: systemd notifications, `status`, records,
+no secrets in logs; and the protocol paths of start and stop (CreateWorker retries, a stop asked by
+the service, DeleteWorker) and queue credentials reaching a task.  Real CLI, real boto3, the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("boto3")
+pytest.importorskip("openjd.sessions")
+from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
+    DeadlineEmulator,
+    Faults,
+    Options,
+    ServiceError,
+    ServiceState,
+    make_job,
+    simple_template,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class Notifications:
+    """A datagram socket the test owns, standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.lines += data.decode().split("\n")
+
+    def seen(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close()
+
+
+class Agent:
+    """`python -m flamenco_deadline_worker --backend deadline` against ``emu``."""
+
+    def __init__(self, emu: DeadlineEmulator, home: Path, config: str = "", env: dict[str, str] | None = None) -> None:
+        self.emu = emu
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "worker.cfg").write_text("[flamenco-worker]\n" + config)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        environ.update(emu.client_env())
+        environ.update(env or {})
+        self.out = (home / "agent.out").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flamenco_deadline_worker", "--backend", "deadline", "--home", str(home),
+             "--config", str(home / "worker.cfg"), "--farm-id", emu.state.options.farm_id,
+             "--fleet-id", emu.state.options.fleet_id],
+            env=environ, stdout=self.out, stderr=subprocess.STDOUT, cwd=home,
+        )
+
+    def until(self, predicate: Callable[[ServiceState], Any], timeout: float, what: str) -> Any:
+        def check(state: ServiceState) -> Any:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the agent exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+            return predicate(state)
+
+        return self.emu.wait_for(check, timeout, what)
+
+    def output(self) -> str:
+        return (self.home / "agent.out").read_text(errors="replace")
+
+    def agent_log(self) -> str:
+        return (self.home / "flamenco-worker-logs" / "worker-agent.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.out.close()
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Callable[..., tuple[DeadlineEmulator, Agent]]]:
+    started: list[tuple[DeadlineEmulator, Agent]] = []
+
+    def start(
+        template: dict[str, Any],
+        options: Options | None = None,
+        faults: Faults | None = None,
+        config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> tuple[DeadlineEmulator, Agent]:
+        emu = DeadlineEmulator(make_job(template), options or Options(update_interval_seconds=2), faults).start()
+        agent = Agent(emu, tmp_path / "home", config, env)
+        started.append((emu, agent))
+        return emu, agent
+
+    yield start
+    for emu, agent in started:
+        agent.stop()
+        emu.stop()
+
+
+def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def all_tasks(status: str) -> Callable[[ServiceState], bool]:
+    return lambda s: bool(s.task_statuses()) and all(v == status for v in s.task_statuses().values())
+
+
+def status_json(home: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "flamenco_deadline_worker", "status", "--home", str(home), "--config",
+         str(home / "worker.cfg"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def log_files(home: Path) -> list[Path]:
+    """Everything the agent logged: its stdout, agent and bootstrap logs, session logs."""
+    return [home / "agent.out", *sorted(p for p in (home / "flamenco-worker-logs").rglob("*") if p.is_file())]
+
+
+# A task that uses the credentials it is handed, the way a render's AWS SDK would, and prints
+# only their access key id and where they came from, never the secret.
+QUEUE_CREDS_TASK = (
+    sys.executable,
+    "-c",
+    "import os, botocore.session; c = botocore.session.Session().get_credentials(); "
+    "print('profile', os.environ.get('AWS_PROFILE')); print('key id', c.access_key if c else None); "
+    "print('method', c.method if c else None); print('has secret', bool(c and c.secret_key))",
+)
+
+
+def test_notify_status_records_and_queue_credentials_without_secrets_in_logs(
+    run: Any, tmp_path: Path
+) -> None:
+    notify = Notifications(tmp_path / "notify.sock")
+    try:
+        emu, agent = run(
+            simple_template(3, QUEUE_CREDS_TASK),
+            config='log_level = "debug"\n',
+            env={"NOTIFY_SOCKET": str(notify.path)},
+        )
+        wait(lambda: "READY=1" in notify.seen(), 120, "READY=1")
+        worker_id = emu.read(lambda s: next(iter(s.workers)))
+        info = wait(
+            lambda: (i := status_json(agent.home))["worker_id"] == worker_id and i["running"] and i, 120,
+            "status --json naming the worker",
+        )
+        assert info["backend"] == "deadline"
+        assert info["state"] in ("started", "idle", "working"), info
+        agent.until(all_tasks("SUCCEEDED"), 180, "3 tasks SUCCEEDED")
+        session = emu.read(lambda s: next(iter(s.sessions.values())))
+        group = emu.state.job.log_group
+        text = agent.until(lambda s: "has secret" in s.log_text(group, session.id) and s.log_text(group, session.id),
+                           60, "the task's output in CloudWatch")
+        queue_keys = emu.read(lambda s: set(s.queue_keys))
+        profile = [line.split()[-1] for line in text.splitlines() if line.startswith("profile ")]
+        key_ids = {line.split()[-1] for line in text.splitlines() if line.startswith("key id ")}
+        assert profile and all(p == f"deadline-{emu.state.job.queue_id}" for p in profile), text
+        assert key_ids and key_ids <= queue_keys, (key_ids, queue_keys, text)
+        assert "method env" not in text, "the agent's own credentials must not reach a task"
+        assert "has secret True" in text
+
+        assert agent.stop() == 0, agent.output()[-3000:]
+        seen = notify.seen()
+        assert "STOPPING=1" in seen and seen.index("READY=1") < seen.index("STOPPING=1"), seen
+        after = status_json(agent.home)
+        assert after["worker_id"] == worker_id and not after["running"], after
+        assert "stopped" in after["state"], after
+    finally:
+        notify.close()
+
+    log = agent.agent_log()
+    action = emu.read(lambda s: next(a for a in s.actions.values() if a.kind == "taskRun"))
+    for needle in (
+        f"Worker Create: registered as worker {worker_id}",
+        f"Worker ID: worker id is {worker_id}",
+        f"Session Starting: session {session.id} of {emu.state.job.queue_id}",
+        f"Session Logs: session {session.id} logs to",
+        f"Session Add: session {session.id}: added action(s)",
+        f"Action Start: session {session.id}: action {action.id} (taskRun) started",
+        f"Action End: session {session.id}: action {action.id} SUCCEEDED in",
+        "API Req: update_worker_schedule http://127.0.0.1",
+        "API Resp: assume_fleet_role_for_worker answered 200",
+        "API Resp: assume_queue_role_for_worker answered 200",
+        "Worker Status: worker",
+    ):
+        assert needle in log, f"{needle!r} not in the agent log:\n{log[-3000:]}"
+
+    secrets = emu.read(lambda s: list(s.issued_secrets)) + [emu.client_env()["AWS_SECRET_ACCESS_KEY"]]
+    assert len(secrets) >= 5  # fleet and queue credentials were handed out, and the host's
+    for path in log_files(agent.home):
+        content = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in content, f"a secret is in {path}"
+    assert emu.read(lambda s: list(s.violations)) == []
+
+
+def test_create_worker_retried_through_throttling_500_and_a_fleet_being_created(run: Any) -> None:
+    faults = Faults(
+        scripted=[
+            ("CreateWorker", ServiceError("ThrottlingException", "Rate exceeded (injected)", retry_after=1)),
+            ("CreateWorker", ServiceError("InternalServerException", "Internal failure (injected)")),
+        ]
+    )
+    emu, agent = run(
+        simple_template(2, ("echo", "task {{Task.Param.N}}")),
+        Options(update_interval_seconds=2, fleet_create_in_progress_calls=2),
+        faults,
+    )
+    agent.until(all_tasks("SUCCEEDED"), 180, "2 tasks SUCCEEDED after CreateWorker got through")
+    answers = [status for _, op, status in list(emu.requests) if op == "CreateWorker"]
+    assert answers == [429, 500, 409, 409, 200], answers
+    assert len(emu.read(lambda s: list(s.workers))) == 1
+    assert "still being created" in agent.output()
+    assert agent.stop() == 0
+    assert emu.read(lambda s: list(s.violations)) == []
+
+
+def test_the_service_asks_the_worker_to_stop(run: Any) -> None:
+    emu, agent = run(
+        simple_template(3, ("echo", "task {{Task.Param.N}}")),
+        Options(update_interval_seconds=1, stop_when_done=True),
+    )
+    agent.until(all_tasks("SUCCEEDED"), 180, "3 tasks SUCCEEDED")
+    assert agent.proc.wait(120) == 0, agent.output()[-3000:]
+    worker = emu.read(lambda s: next(iter(s.workers.values())))
+    assert worker.statuses[-1] == "STOPPED", worker.statuses
+    assert "Worker Status: worker" in agent.agent_log()
+    assert emu.read(lambda s: list(s.violations)) == []
+
+
+def test_delete_worker_on_stop(run: Any) -> None:
+    emu, agent = run(
+        simple_template(2, ("echo", "task {{Task.Param.N}}")), config="deadline_delete_worker_on_stop = true\n"
+    )
+    agent.until(all_tasks("SUCCEEDED"), 180, "2 tasks SUCCEEDED")
+    worker_id = emu.read(lambda s: next(iter(s.workers)))
+    assert (agent.home / "deadline-worker.json").exists()
+    assert agent.stop() == 0, agent.output()[-3000:]
+    assert emu.read(lambda s: list(s.workers)) == [], "DeleteWorker removed the worker"
+    assert [op for _, op, status in list(emu.requests) if op == "DeleteWorker" and status == 200] == ["DeleteWorker"]
+    assert not (agent.home / "deadline-worker.json").exists(), "a deleted worker's id is not kept for the next start"
+    assert f"Worker Delete: worker {worker_id} deleted" in agent.agent_log()
+    assert emu.read(lambda s: list(s.violations)) == []
