@@ -8,9 +8,9 @@ import logging
 
 from flamenco_deadline_worker import __version__
 from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.presence import service_presence
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
-from flamenco_deadline_worker.status import service_presence
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from flamenco_deadline_worker.backends.base import (
     WorkerState,
 )
 from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.presence import StatusPublisher
 from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
-from flamenco_deadline_worker.status import StatusPublisher
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)

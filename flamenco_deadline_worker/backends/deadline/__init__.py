@@ -30,7 +30,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
         return 2
     from flamenco_deadline_worker import records
-    from flamenco_deadline_worker.status import service_presence
+    from flamenco_deadline_worker.presence import service_presence
 
     # botocore's own debug logging prints whole answers, credentials included: never let it through.
     for name in ("botocore", "urllib3"):

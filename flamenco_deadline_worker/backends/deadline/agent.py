@@ -20,7 +20,7 @@ from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, LogTar
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 if TYPE_CHECKING:
-    from flamenco_deadline_worker.status import StatusPublisher
+    from flamenco_deadline_worker.presence import StatusPublisher
 
 log = logging.getLogger(__name__)
 
