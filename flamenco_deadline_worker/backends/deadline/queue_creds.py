@@ -9,13 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker import logs
+from flamenco_deadline_worker.atomicfile import write_atomic
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 
 log = logging.getLogger(__name__)
@@ -86,10 +85,10 @@ class QueueCredentials:
         }
         logs.add_secret(creds["secretAccessKey"])
         logs.add_secret(creds["sessionToken"])
-        _atomic(base / "credentials.json", json.dumps(document))
+        write_atomic(base / "credentials.json", json.dumps(document), 0o600)
         process = f"cat {shlex.quote(str(base / 'credentials.json'))}"
-        _atomic(base / "config", f"[profile deadline-{queue_id}]\ncredential_process = {process}\n")
-        _atomic(base / "credentials", "")
+        write_atomic(base / "config", f"[profile deadline-{queue_id}]\ncredential_process = {process}\n", 0o600)
+        write_atomic(base / "credentials", "", 0o600)
         self.expiry = expiry
         self.available = True
 
@@ -98,10 +97,3 @@ class QueueCredentials:
             for name in ("credentials.json", "config", "credentials"):
                 (self.directory / self.queue_id / name).unlink(missing_ok=True)
         self.queue_id, self.expiry, self.available = None, None, False
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
