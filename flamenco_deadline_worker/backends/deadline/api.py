@@ -120,45 +120,63 @@ def trim_service_model(model: dict[str, Any], keep: frozenset[str]) -> dict[str,
     return trimmed
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] = json.loads(json.dumps(data))
-    return copied
-
-
 class _WorkerLoader(botocore.loaders.Loader):
-    """botocore's data loader, keeping only the parts of its models this worker uses."""
+    """botocore's data loader, keeping only the parts of its models this worker uses.
+
+    The kept part is serialised and the full parse dropped before it is parsed again: parsed while
+    the full one was alive, its objects would share CPython's memory pools with the full parse and
+    pin them (~5 MiB that no longer goes back to the system once the full parse is freed)."""
 
     def load_service_model(self, service_name: str, type_name: str, api_version: str | None = None) -> Any:
         model = super().load_service_model(service_name, type_name, api_version)
         keep = OPERATIONS.get(service_name)
         if type_name != "service-2" or keep is None or len(model["operations"]) <= len(keep):
             return model
-        trimmed = _deep_copy(trim_service_model(model, keep))
-        self._replace_cached(model, trimmed)
+        keys = self._uncache(model)
+        text = json.dumps(trim_service_model(model, keep))
+        del model  # the last reference: the full parse is freed here, before the copy is made
+        trimmed = json.loads(text)
+        self._recache(keys, trimmed)
         return trimmed
 
     def load_data_with_path(self, name: str) -> Any:
         data, path = super().load_data_with_path(name)
         if name != "endpoints" or not isinstance(data, dict) or data.get("_worker_trimmed"):
             return data, path
-        trimmed = dict(data, _worker_trimmed=True)
-        trimmed["partitions"] = [
-            dict(part, services={k: v for k, v in part.get("services", {}).items() if k in OPERATIONS})
-            for part in data.get("partitions", [])
-        ]
-        trimmed = _deep_copy(trimmed)
-        self._replace_cached(data, trimmed)
+        keys = self._uncache(data)
+        text = json.dumps(
+            dict(
+                data,
+                _worker_trimmed=True,
+                partitions=[
+                    dict(part, services={k: v for k, v in part.get("services", {}).items() if k in OPERATIONS})
+                    for part in data.get("partitions", [])
+                ],
+            )
+        )
+        del data
+        trimmed = json.loads(text)
+        self._recache(keys, trimmed)
         return trimmed, path
 
-    def _replace_cached(self, full: Any, trimmed: Any) -> None:
-        """Let the full parse go.  ``trimmed`` must be a deep copy: parts of the full one it kept
-        would pin the memory pools of the whole parse, so it could not go back to the system."""
+    def _uncache(self, full: Any) -> list[tuple[Any, tuple[Any, ...] | None]]:
+        """Take ``full`` out of botocore's instance_cache store; where it was (and the rest of a
+        tuple it was the first item of)."""
         cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]  # botocore's instance_cache store
+        keys: list[tuple[Any, tuple[Any, ...] | None]] = []
         for key, value in list(cache.items()):
             if value is full:
-                cache[key] = trimmed
+                keys.append((key, None))
+                del cache[key]
             elif isinstance(value, tuple) and value and value[0] is full:
-                cache[key] = (trimmed, *value[1:])
+                keys.append((key, value[1:]))
+                del cache[key]
+        return keys
+
+    def _recache(self, keys: list[tuple[Any, tuple[Any, ...] | None]], trimmed: Any) -> None:
+        cache: dict[Any, Any] = self._cache  # type: ignore[attr-defined]
+        for key, tail in keys:
+            cache[key] = trimmed if tail is None else (trimmed, *tail)
 
 
 class _WorkerCredentials(botocore.credentials.Credentials):
