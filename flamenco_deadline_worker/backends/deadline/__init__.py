@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -> int:
     """Run as a worker of ``config.farm_id``/``config.fleet_id`` until stopped; the exit code."""
     try:
-        from flamenco_deadline_worker.backends.deadline import startup
+        # First: openjd imported with its pydantic validators built on first use (see ojd).
+        from flamenco_deadline_worker.backends.deadline import (
+            ojd,  # noqa: F401
+            startup,
+        )
         from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
         from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
     except ImportError as exc:
