@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -132,6 +133,121 @@ def _used_services(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+_SKIP = object()
+_LEAN = json.JSONDecoder(object_pairs_hook=_undocumented)
+
+
+def _scan_object(
+    text: str, pos: int, on_member: Callable[[str, int], tuple[Any, int]]
+) -> tuple[dict[str, Any], int]:
+    """The JSON object at ``text[pos]``, member by member: ``on_member(key, value_pos)`` gives the
+    value to keep (or ``_SKIP``) and where the value ends."""
+    out: dict[str, Any] = {}
+    if text[pos] != "{":
+        raise ValueError(f"expected an object at {pos}")
+    pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]  # matches the empty string
+    if text[pos] == "}":
+        return out, pos + 1
+    while True:
+        if text[pos] != '"':
+            raise ValueError(f"expected a key at {pos}")
+        key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
+        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+        if text[pos] != ":":
+            raise ValueError(f"expected ':' at {pos}")
+        value, pos = on_member(key, _SPACE.match(text, pos + 1).end())  # type: ignore[union-attr]
+        if value is not _SKIP:
+            out[key] = value
+        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+        if text[pos] == "}":
+            return out, pos + 1
+        if text[pos] != ",":
+            raise ValueError(f"expected ',' or '}}' at {pos}")
+        pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+
+
+def _refs(node: Mapping[str, Any]) -> list[str]:
+    """The shapes an operation or a shape refers to."""
+    refs = [node.get("input"), node.get("output"), *node.get("errors", [])]
+    refs += [node.get("member"), node.get("key"), node.get("value"), *node.get("members", {}).values()]
+    return [ref["shape"] for ref in refs if isinstance(ref, dict) and "shape" in ref]
+
+
+def lean_service_model(text: str, keep: frozenset[str]) -> dict[str, Any]:
+    """``trim_service_model`` of the model in ``text`` without ever holding the whole model: each
+    operation and shape is decoded on its own and let go unless kept, so the parse never needs
+    more than a little memory beyond what is kept."""
+    shape_at: dict[str, int] = {}
+    shape_refs: dict[str, list[str]] = {}
+
+    def operation(key: str, pos: int) -> tuple[Any, int]:
+        value, end = _LEAN.raw_decode(text, pos)
+        return (value if key in keep else _SKIP), end
+
+    def shape(key: str, pos: int) -> tuple[Any, int]:
+        value, end = _LEAN.raw_decode(text, pos)
+        shape_at[key] = pos
+        shape_refs[key] = _refs(value)
+        return _SKIP, end
+
+    def member(key: str, pos: int) -> tuple[Any, int]:
+        if key == "operations":
+            return _scan_object(text, pos, operation)
+        if key == "shapes":
+            return _scan_object(text, pos, shape)
+        value, end = _LEAN.raw_decode(text, pos)
+        return (_SKIP if key == "documentation" else value), end
+
+    model, _ = _scan_object(text, _SPACE.match(text).end(), member)  # type: ignore[union-attr]
+    wanted: set[str] = set()
+    todo = [name for op in model.get("operations", {}).values() for name in _refs(op)]
+    while todo:
+        name = todo.pop()
+        if name not in wanted and name in shape_at:
+            wanted.add(name)
+            todo += shape_refs[name]
+    model["shapes"] = {name: _LEAN.raw_decode(text, shape_at[name])[0] for name in sorted(wanted)}
+    return model
+
+
+def lean_endpoints(text: str) -> dict[str, Any]:
+    """endpoints.json with only the services this worker calls, each partition's other services
+    decoded one at a time and let go."""
+
+    def service(key: str, pos: int) -> tuple[Any, int]:
+        value, end = _LEAN.raw_decode(text, pos)
+        return (value if key in OPERATIONS else _SKIP), end
+
+    def partition_member(key: str, pos: int) -> tuple[Any, int]:
+        if key == "services":
+            return _scan_object(text, pos, service)
+        value, end = json.JSONDecoder().raw_decode(text, pos)
+        return value, end
+
+    def partitions(pos: int) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        if text[pos] != "[":
+            raise ValueError(f"expected an array at {pos}")
+        pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+        while text[pos] != "]":
+            value, pos = _scan_object(text, pos, partition_member)
+            out.append(value)
+            pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            if text[pos] == ",":
+                pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+        return out, pos + 1
+
+    def member(key: str, pos: int) -> tuple[Any, int]:
+        if key == "partitions":
+            return partitions(pos)
+        value, end = json.JSONDecoder().raw_decode(text, pos)
+        return value, end
+
+    data, _ = _scan_object(text, _SPACE.match(text).end(), member)  # type: ignore[union-attr]
+    return data
+
+
 class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
     """Drops what this worker never uses while parsing (service models' documentation, the
     endpoints of other services): the objects are let go as they are made instead of after the
@@ -140,6 +256,8 @@ class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
 
     def _load_file(self, full_path: str, open_method: Any) -> Any:
         name = os.path.basename(full_path)
+        # .../data/<service>/<api version>/service-2.json[.gz]
+        service = os.path.basename(os.path.dirname(os.path.dirname(full_path)))
         if name.startswith("service-2.json"):
             hook: Callable[[list[tuple[str, Any]]], dict[str, Any]] = _undocumented
         elif name.startswith("endpoints.json"):
@@ -150,6 +268,10 @@ class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
             return None
         with open_method(full_path, "rb") as fp:
             payload = fp.read().decode("utf-8")
+        if hook is _undocumented and service in OPERATIONS:
+            return lean_service_model(payload, OPERATIONS[service])
+        if hook is _used_services:
+            return lean_endpoints(payload)
         return json.loads(payload, object_pairs_hook=hook)
 
 
