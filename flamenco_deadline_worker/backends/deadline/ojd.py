@@ -5,7 +5,7 @@ of each as its class is created; this worker only ever validates a step template
 environment, so the rest are never needed.  Import this module before anything imports
 ``openjd``: it imports openjd with pydantic's ``defer_build`` default turned on, then restores it.
 Building the two validators on first use gives the same validation; the others are never built.
-(Measured: about 4 MiB less after the import, about 3 MiB of it taken back by the first step.)
+The two it validates are built right after the import, before the worker takes work.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def _import_deferred() -> None:
         import openjd.sessions  # noqa: F401
     finally:
         defaults["defer_build"] = previous
+    # The two the worker validates are built now, before it takes work, not while the first task waits.
+    from openjd.model.v2023_09 import Environment, StepTemplate
+
+    StepTemplate.model_rebuild(force=True)
+    Environment.model_rebuild(force=True)
 
 
 _import_deferred()
