@@ -208,9 +208,11 @@ class DaemonServer:
                 output.set_sink(None)
                 if op == "stop":
                     self._stopped.set()
-                sender.send({"ev": "end", "code": result.code, "canceled": result.canceled, "message": result.message})
+                # Free the daemon before the client hears "end": a client that starts its next
+                # action at once (auto-start does start then run) must not find it still busy.
                 done.set()
                 self._busy.release()
+                sender.send({"ev": "end", "code": result.code, "canceled": result.canceled, "message": result.message})
                 if op == "stop":
                     self.request_stop("stop requested by a client")
 
