@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
-from openjd.model import StepParameterSpaceIterator, create_job, decode_job_template
+from openjd.model import StepParameterSpaceIterator, create_job, decode_job_template, preprocess_job_parameters
 
 SCHEMA = "jobtemplate-2023-09"
 
@@ -72,8 +73,14 @@ def make_job(
 ) -> Job:
     """Expand ``template`` (a jobtemplate-2023-09 document) with ``parameters`` into a Job."""
     decoded = decode_job_template(template=dict(template))
-    values = {k: str(v) for k, v in (parameters or {}).items()}
-    expanded = create_job(job_template=decoded, job_parameter_values=values)  # type: ignore[arg-type]
+    # Typed parameter values (defaults filled in, values checked) as openjd's create_job wants them.
+    values = preprocess_job_parameters(
+        job_template=decoded,
+        job_parameter_values={k: str(v) for k, v in (parameters or {}).items()},
+        job_template_dir=Path.cwd(),
+        current_working_dir=Path.cwd(),
+    )
+    expanded = create_job(job_template=decoded, job_parameter_values=values)
     job_id = new_id("job")
     job_params = {name: {p.type.value.lower(): str(p.value)} for name, p in (expanded.parameters or {}).items()}
     names_to_ids: dict[str, str] = {}
