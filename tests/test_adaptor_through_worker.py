@@ -275,12 +275,7 @@ def deadline(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Any, DeadlineAgent]] = []
 
     def start(template: dict[str, Any], parameters: dict[str, Any]) -> tuple[Any, DeadlineAgent]:
-        # The job's parameter values go in as the definitions' defaults: make_job(template, parameters)
-        # hands openjd.model's create_job plain strings where it wants ParameterValue objects.
-        for definition in template.get("parameterDefinitions", []):
-            if definition["name"] in parameters:
-                definition["default"] = str(parameters[definition["name"]])
-        emu = DeadlineEmulator(make_job(template), Options(update_interval_seconds=2)).start()
+        emu = DeadlineEmulator(make_job(template, parameters), Options(update_interval_seconds=2)).start()
         agent = DeadlineAgent(emu, tmp_path / "home")
         started.append((emu, agent))
         return emu, agent
