@@ -223,67 +223,16 @@ def readme_job_template(module: str) -> dict[str, Any]:
     return yaml.safe_load(block.replace(BLENDER_MODULE, module))
 
 
-class DeadlineAgent:
-    """The real `flamenco-worker --backend deadline` against the emulator, with the README's host set-up."""
-
-    def __init__(self, emu: Any, home: Path) -> None:
-        self.emu = emu
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "none.cfg").write_text("")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(emu.client_env())
-        env.update(task_env())
-        env["FLAMENCO_WORKER_HOME"] = str(home)
-        options = emu.state.options
-        self.out = (home / "agent.out").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flamenco_deadline_worker", "--backend", "deadline", "--home", str(home),
-             "--config", str(home / "none.cfg"), "--farm-id", options.farm_id, "--fleet-id", options.fleet_id],
-            env=env, stdout=self.out, stderr=subprocess.STDOUT, cwd=home,
-        )
-
-    def output(self) -> str:
-        return (self.home / "agent.out").read_text(errors="replace")
-
-    def until(self, predicate: Any, timeout: float, what: str) -> Any:
-        def check(state: Any) -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the agent exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            return predicate(state)
-
-        return self.emu.wait_for(check, timeout, what)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.out.close()
-
-
 @pytest.fixture
 def deadline(tmp_path: Path) -> Iterator[Any]:
     pytest.importorskip("boto3")
     pytest.importorskip("openjd.sessions")
-    from flamenco_deadline_worker.testing.deadline_emulator import DeadlineEmulator, Options, make_job
+    from deadline_agent import agent_runner
 
-    started: list[tuple[Any, DeadlineAgent]] = []
-
-    def start(template: dict[str, Any], parameters: dict[str, Any]) -> tuple[Any, DeadlineAgent]:
-        emu = DeadlineEmulator(make_job(template, parameters), Options(update_interval_seconds=2)).start()
-        agent = DeadlineAgent(emu, tmp_path / "home")
-        started.append((emu, agent))
-        return emu, agent
-
-    yield start
-    for emu, agent in started:
-        agent.stop()
-        emu.stop()
+    runner = agent_runner(tmp_path)
+    start = next(runner)
+    yield lambda template, parameters: start(template, env=task_env(), parameters=parameters)
+    next(runner, None)  # stops the agents and emulators it started
 
 
 def run_readme_template(deadline: Any, module: str, parameters: dict[str, Any], timeout: float) -> tuple[Any, str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,91 +13,21 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
+from deadline_agent import Start, agent_runner  # noqa: E402
+
 from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
-    DeadlineEmulator,
     Faults,
     Options,
     ServiceState,
-    make_job,
     simple_template,
 )
 
 pytestmark = pytest.mark.slow
 
 
-class Agent:
-    def __init__(self, emu: DeadlineEmulator, home: Path) -> None:
-        self.emu = emu
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "none.cfg").write_text("")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(emu.client_env())
-        env["FLAMENCO_WORKER_HOME"] = str(home)
-        self.out = (home / "agent.out").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flamenco_deadline_worker",
-                "--backend",
-                "deadline",
-                "--home",
-                str(home),
-                "--config",
-                str(home / "none.cfg"),
-                "--farm-id",
-                emu.state.options.farm_id,
-                "--fleet-id",
-                emu.state.options.fleet_id,
-            ],
-            env=env,
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            cwd=home,
-        )
-
-    def until(self, predicate: Any, timeout: float, what: str) -> Any:
-        """Wait for ``predicate`` on the emulator state; fail at once if the agent exits."""
-
-        def check(state: ServiceState) -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the agent exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            return predicate(state)
-
-        return self.emu.wait_for(check, timeout, what)
-
-    def output(self) -> str:
-        return (self.home / "agent.out").read_text(errors="replace")
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.out.close()
-
-
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[Any]:
-    started: list[tuple[DeadlineEmulator, Agent]] = []
-
-    def start(
-        template: dict[str, Any], options: Options | None = None, faults: Faults | None = None
-    ) -> tuple[DeadlineEmulator, Agent]:
-        emu = DeadlineEmulator(make_job(template), options or Options(update_interval_seconds=2), faults).start()
-        agent = Agent(emu, tmp_path / "home")
-        started.append((emu, agent))
-        return emu, agent
-
-    yield start
-    for emu, agent in started:
-        agent.stop()
-        emu.stop()
+def run(tmp_path: Path) -> Iterator[Start]:
+    yield from agent_runner(tmp_path)
 
 
 def all_tasks(status: str) -> Any:

@@ -5,8 +5,6 @@ the service, DeleteWorker) and queue credentials reaching a task.  Real CLI, rea
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,13 +18,13 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
+from deadline_agent import Start, agent_runner  # noqa: E402
+
 from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
-    DeadlineEmulator,
     Faults,
     Options,
     ServiceError,
     ServiceState,
-    make_job,
     simple_template,
 )
 
@@ -68,71 +66,9 @@ class Notifications:
         self.sock.close()
 
 
-class Agent:
-    """`python -m flamenco_deadline_worker --backend deadline` against ``emu``."""
-
-    def __init__(self, emu: DeadlineEmulator, home: Path, config: str = "", env: dict[str, str] | None = None) -> None:
-        self.emu = emu
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "worker.cfg").write_text("[flamenco-worker]\n" + config)
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        environ.update(emu.client_env())
-        environ.update(env or {})
-        self.out = (home / "agent.out").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flamenco_deadline_worker", "--backend", "deadline", "--home", str(home),
-             "--config", str(home / "worker.cfg"), "--farm-id", emu.state.options.farm_id,
-             "--fleet-id", emu.state.options.fleet_id],
-            env=environ, stdout=self.out, stderr=subprocess.STDOUT, cwd=home,
-        )
-
-    def until(self, predicate: Callable[[ServiceState], Any], timeout: float, what: str) -> Any:
-        def check(state: ServiceState) -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the agent exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            return predicate(state)
-
-        return self.emu.wait_for(check, timeout, what)
-
-    def output(self) -> str:
-        return (self.home / "agent.out").read_text(errors="replace")
-
-    def agent_log(self) -> str:
-        return (self.home / "flamenco-worker-logs" / "worker-agent.log").read_text(errors="replace")
-
-    def stop(self, timeout: float = 90) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.out.close()
-
-
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[Callable[..., tuple[DeadlineEmulator, Agent]]]:
-    started: list[tuple[DeadlineEmulator, Agent]] = []
-
-    def start(
-        template: dict[str, Any],
-        options: Options | None = None,
-        faults: Faults | None = None,
-        config: str = "",
-        env: dict[str, str] | None = None,
-    ) -> tuple[DeadlineEmulator, Agent]:
-        emu = DeadlineEmulator(make_job(template), options or Options(update_interval_seconds=2), faults).start()
-        agent = Agent(emu, tmp_path / "home", config, env)
-        started.append((emu, agent))
-        return emu, agent
-
-    yield start
-    for emu, agent in started:
-        agent.stop()
-        emu.stop()
+def run(tmp_path: Path) -> Iterator[Start]:
+    yield from agent_runner(tmp_path)
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
