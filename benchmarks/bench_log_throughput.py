@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -23,36 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flamenco_deadline_worker.testing.manager import LocalManager
-from flamenco_deadline_worker.testing.records import TaskRecord, WorkerRecord
+from flamenco_run import TimedManager, worker_argv, worker_env
 
 CHILD = "import sys\nw = sys.stdout.write\nfor i in range(1, int(sys.argv[1]) + 1):\n    w(f'line {i}\\n')\n"
-
-
-class TimedManager(LocalManager):
-    """Records when each task is handed out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.assigned_at: dict[str, float] = {}
-
-    def task_for(self, worker: WorkerRecord) -> TaskRecord | None:
-        task = super().task_for(worker)
-        if task is not None:
-            self.assigned_at.setdefault(task.id, time.time())
-        return task
-
-
-def worker_argv(url: str, home: Path) -> list[str]:
-    exe = Path(sys.executable).parent / "flamenco-worker"
-    base = [str(exe)] if exe.is_file() else [sys.executable, "-m", "flamenco_deadline_worker"]
-    return [*base, "--manager", url, "--home", str(home), "--config", os.devnull]
-
-
-def worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
-    env["FLAMENCO_WORKER_TASK_POLL_INTERVAL_SECONDS"] = "0.2"
-    return env
 
 
 def child_alone(lines: int) -> float:
@@ -72,7 +44,7 @@ async def run(lines: int, timeout: float) -> dict[str, Any]:
         out = Path(home) / "worker-output.txt"
         with out.open("wb") as f:
             proc = await asyncio.create_subprocess_exec(
-                *worker_argv(url, Path(home)), env=worker_env(), stdout=f, stderr=f
+                *worker_argv(url, Path(home)), env=worker_env(task_poll_interval_seconds="0.2"), stdout=f, stderr=f
             )
         try:
             await manager.wait_for(lambda: task.status in ("completed", "failed"), timeout)

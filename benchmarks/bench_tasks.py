@@ -19,38 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from flamenco_deadline_worker.testing.manager import LocalManager
-from flamenco_deadline_worker.testing.records import TaskRecord, WorkerRecord
+from flamenco_run import TimedManager, worker_argv, worker_env
+
+from flamenco_deadline_worker.testing.records import TaskRecord
 
 TARGET_OVERHEAD_MS = 20.0
-
-
-class TimedManager(LocalManager):
-    """Records when each task is first handed out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.assigned_at: dict[str, float] = {}
-
-    def task_for(self, worker: WorkerRecord) -> TaskRecord | None:
-        task = super().task_for(worker)
-        if task is not None:
-            self.assigned_at.setdefault(task.id, time.time())
-        return task
-
-
-def worker_argv(url: str, home: Path) -> list[str]:
-    exe = Path(sys.executable).parent / "flamenco-worker"
-    base = [str(exe)] if exe.is_file() else [sys.executable, "-m", "flamenco_deadline_worker"]
-    return [*base, "--manager", url, "--home", str(home), "--config", os.devnull]
 
 
 def completed_at(task: TaskRecord) -> float:
@@ -66,7 +44,7 @@ async def run(count: int, timeout: float) -> list[tuple[float, float]]:
         for i in range(count)
     ]
     job_id = manager.submit_job("many-small-tasks", specs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
+    env = worker_env()
     with tempfile.TemporaryDirectory(prefix="bench-tasks-") as home:
         out = Path(home) / "worker-output.txt"
         with out.open("wb") as f:
