@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flamenco_deadline_worker.testing.blender_scene import make_scene
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "adaptor_fixtures" / "sample.py"
 OPENJD_VERSION = "0.9.6"
@@ -59,18 +61,6 @@ from openjd_bench_adaptor import BenchAdaptor
 
 EntryPoint(BenchAdaptor).start()
 """
-
-BLENDER_SCENE = """
-import bpy, sys
-scene = bpy.context.scene
-scene.render.engine = "BLENDER_WORKBENCH"
-scene.render.resolution_x = scene.render.resolution_y = 64
-scene.render.resolution_percentage = 100
-scene.render.image_settings.file_format = "PNG"
-scene.frame_start, scene.frame_end = 1, 250
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
-"""
-
 
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
@@ -181,11 +171,7 @@ def openjd_roundtrip(cf: Path) -> float:
 
 def bench_blender(work: Path, frames: int) -> dict[str, float]:
     scene = work / "scene.blend"
-    subprocess.run(
-        ["blender", "--background", "--factory-startup", "--python-expr", BLENDER_SCENE, "--", str(scene)],
-        check=True,
-        capture_output=True,
-    )
+    make_scene(scene, frames=(1, 250))
     cold = []
     for frame in range(1, frames + 1):
         cold.append(

@@ -21,15 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MAKE_SCENE = """
-import sys, bpy
-scene = bpy.context.scene
-scene.render.engine = "BLENDER_WORKBENCH"
-scene.render.resolution_x = scene.render.resolution_y = 64
-scene.render.resolution_percentage = 100
-scene.render.image_settings.file_format = "PNG"
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[sys.argv.index("--") + 1])
-"""
+from flamenco_deadline_worker.testing.blender_scene import make_scene
 
 
 def run(argv: list[str]) -> float:
@@ -53,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-blender-") as tmp:
         scene = Path(tmp) / "scene.blend"
         out = str(Path(tmp) / "f_####")
-        run([args.blender, "-b", "--factory-startup", "--python-expr", MAKE_SCENE, "--", str(scene)])
+        make_scene(scene, frames=(1, 250), blender=args.blender)
         base = [args.blender, "-b", "-y", str(scene), "--render-output", out, "--render-format", "PNG"]
         run([*base, "-f", "1"])  # warm the page cache: we measure Blender, not the disk
 

@@ -18,28 +18,9 @@ pytestmark = [
     ),
 ]
 
-MAKE_SCENE = """
-import bpy, sys
-scene = bpy.context.scene
-scene.render.engine = "BLENDER_WORKBENCH"
-scene.render.resolution_x = scene.render.resolution_y = 64
-scene.render.resolution_percentage = 100
-scene.render.image_settings.file_format = "PNG"
-scene.frame_start, scene.frame_end = 1, 5
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
-"""
+from flamenco_deadline_worker.testing.blender_scene import make_scene  # noqa: E402
 
 ADAPTOR = [sys.executable, "-m", "flamenco_deadline_worker.adaptors.blender"]
-
-
-def make_scene(path: Path) -> None:
-    subprocess.run(
-        ["blender", "--background", "--factory-startup", "--python-expr", MAKE_SCENE, "--", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    assert path.exists()
 
 
 def adaptor(*args: str) -> subprocess.CompletedProcess[str]:

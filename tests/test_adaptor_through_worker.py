@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import pytest
 from conftest import RecordingManager, WorkerStarter, pid_alive, until, wait_awake, wait_until
+
+from flamenco_deadline_worker.testing.blender_scene import make_scene
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -71,28 +72,6 @@ def remember_daemon(connection_file: Path, pids: list[int]) -> None:
 
 
 # ---- Blender scene ---------------------------------------------------------------------------------
-
-MAKE_SCENE = """
-import bpy, sys
-scene = bpy.context.scene
-scene.render.engine = "BLENDER_WORKBENCH"
-scene.render.resolution_x = scene.render.resolution_y = 64
-scene.render.resolution_percentage = 100
-scene.render.image_settings.file_format = "PNG"
-scene.frame_start, scene.frame_end = 1, 5
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
-"""
-
-
-def make_scene(path: Path) -> None:
-    subprocess.run(
-        ["blender", "--background", "--factory-startup", "--python-expr", MAKE_SCENE, "--", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    assert path.exists()
-
 
 def assert_png(path: Path) -> None:
     assert path.is_file(), f"{path} was not rendered"

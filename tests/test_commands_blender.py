@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,8 @@ from helpers_commands import (
 from flamenco_deadline_worker.runner import process
 from flamenco_deadline_worker.runner.commands.blender import BlenderOutput, BlenderRender
 from flamenco_deadline_worker.runner.runner import Outcome
+from flamenco_deadline_worker.testing.blender_scene import make_scene
 from flamenco_deadline_worker.testing.manager import LocalManager
-
-MAKE_SCENE = """
-import sys, bpy
-scene = bpy.context.scene
-scene.render.engine = "BLENDER_WORKBENCH"
-scene.render.resolution_x = scene.render.resolution_y = 32
-scene.render.resolution_percentage = 100
-scene.frame_start, scene.frame_end = 1, 2
-scene.render.image_settings.file_format = "PNG"
-bpy.ops.wm.save_as_mainfile(filepath=sys.argv[sys.argv.index("--") + 1])
-"""
 
 CYCLES_FAST = "import bpy; c = bpy.context.scene.cycles; c.samples = 4; c.use_denoising = False"
 
@@ -62,11 +51,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if BLENDER is None:
         pytest.skip("blender is not installed (Debian: apt-get install -y blender)")
     path = tmp_path_factory.mktemp("scene") / "scene.blend"
-    result = subprocess.run(
-        [BLENDER, "-b", "--factory-startup", "--python-expr", MAKE_SCENE, "--", str(path)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert path.is_file(), f"Blender did not save the scene:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    make_scene(path, size=32, frames=(1, 2), blender=BLENDER)
     return path
 
 
