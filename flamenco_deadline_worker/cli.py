@@ -114,7 +114,9 @@ async def _run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
     return await run_flamenco(config, stop_event, single=args.single, reregister=args.reregister)
 
 
-def run_worker(argv: Sequence[str]) -> int:
+def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
+    """Run the worker; ``may_reexec``: this call is the whole process (the command line), so it may
+    replace itself with an optimized interpreter first (see ``optimized``)."""
     args = worker_parser().parse_args(argv)
     from flamenco_deadline_worker import config as cfg
     from flamenco_deadline_worker import logs
@@ -126,6 +128,10 @@ def run_worker(argv: Sequence[str]) -> int:
     except cfg.ConfigError as exc:
         print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
+    if may_reexec and config.backend == "deadline" and config.deadline_python_optimize:
+        from flamenco_deadline_worker.optimized import reexec_optimized
+
+        reexec_optimized()
     logs.setup(
         level=config.log_level,
         logs_dir=config.logs_dir,
@@ -188,7 +194,8 @@ SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    whole_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
-    return run_worker(argv)
+    return run_worker(argv, may_reexec=whole_process)

@@ -206,6 +206,7 @@ def agent_info(backend: str, **fields: Any) -> None:
         "agent_version": __version__,
         "python_version": platform.python_version(),
         "python": sys.executable,
+        "python_optimize": sys.flags.optimize,
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
@@ -215,7 +216,11 @@ def agent_info(backend: str, **fields: Any) -> None:
     }
     info.update(fields)
     emit("AgentInfo", "", f"flamenco-deadline-worker {__version__} (pid {info['pid']}) on {info['hostname']} "
-         f"as {info['user']}, Python {info['python_version']}, backend {backend}", **info)
+         f"as {info['user']}, Python {info['python_version']}{_optimize_flag()}, backend {backend}", **info)
+
+
+def _optimize_flag() -> str:
+    return f" (-{'O' * sys.flags.optimize})" if sys.flags.optimize else ""
 
 
 def current_user() -> str:

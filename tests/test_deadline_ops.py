@@ -226,3 +226,20 @@ def test_delete_worker_on_stop(run: Any) -> None:
     assert not (agent.home / "deadline-worker.json").exists(), "a deleted worker's id is not kept for the next start"
     assert f"Worker Delete: worker {worker_id} deleted" in agent.agent_log()
     assert emu.read(lambda s: list(s.violations)) == []
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_the_agent_runs_under_python_oo_unless_configured_not_to(run: Any, optimize: bool) -> None:
+    emu, agent = run(
+        simple_template(2, ("echo", "task {{Task.Param.N}}")),
+        config=f"deadline_python_optimize = {str(optimize).lower()}\n",
+    )
+    agent.until(all_tasks("SUCCEEDED"), 180, "2 tasks SUCCEEDED")
+    # Same pid as launched (systemd's main pid stays right), its command line with or without -OO.
+    command = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert (b"-OO" in command) is optimize, command
+    assert command[command.index(b"-m") :][:2] == [b"-m", b"flamenco_deadline_worker"], command
+    info = [line for line in agent.agent_log().splitlines() if "AgentInfo:" in line]
+    assert len(info) == 1, info  # one start recorded, not one per interpreter
+    assert ("(-OO)" in info[0]) is optimize, info[0]
+    assert agent.stop() == 0, agent.output()[-3000:]
