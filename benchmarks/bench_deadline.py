@@ -150,8 +150,8 @@ def main() -> None:
         json.dumps(
             {
                 "throughput_ratio": round(ours["tasks_per_second"] / theirs["tasks_per_second"], 2),
-                "steady_memory_ratio": round(ours["steady_rss_mib"] / theirs["steady_rss_mib"], 2),
-                "peak_memory_ratio": round(ours["peak_rss_mib"] / theirs["peak_rss_mib"], 2),
+                "steady_memory_ratio": round(ours["steady_rss_mib"] / theirs["steady_rss_mib"], 3),
+                "peak_memory_ratio": round(ours["peak_rss_mib"] / theirs["peak_rss_mib"], 3),
                 "targets": "throughput_ratio >= 3, steady_memory_ratio <= 0.5",
             }
         )
