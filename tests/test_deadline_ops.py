@@ -243,3 +243,24 @@ def test_the_agent_runs_under_python_oo_unless_configured_not_to(run: Any, optim
     assert len(info) == 1, info  # one start recorded, not one per interpreter
     assert ("(-OO)" in info[0]) is optimize, info[0]
     assert agent.stop() == 0, agent.output()[-3000:]
+
+
+def requests_of(emu: Any, operation: str) -> list[int]:
+    return [status for _, op, status in list(emu.requests) if op == operation]
+
+
+@pytest.mark.parametrize("outage", [False, True])
+def test_sigterm_during_start_up_retries_stops_the_agent(run: Any, outage: bool) -> None:
+    # The fleet stays "being created" (and, in the outage case, the service then goes away), so
+    # CreateWorker is retried forever; a SIGTERM must still end the agent, cleanly and soon.
+    emu, agent = run(
+        simple_template(1, ("echo", "never run")),
+        Options(update_interval_seconds=2, fleet_create_in_progress_calls=10**6),
+    )
+    wait(lambda: len(requests_of(emu, "CreateWorker")) >= 2, 120, "CreateWorker retried")
+    if outage:
+        emu.go_down()
+        wait(lambda: "retrying in" in agent.output(), 120, "the agent retrying through the outage")
+    assert agent.stop(timeout=60) == 0, agent.output()[-3000:]
+    assert "stop asked during start-up (CreateWorker)" in agent.output(), agent.output()[-3000:]
+    assert emu.read(lambda s: list(s.workers)) == []
