@@ -3,7 +3,7 @@
 The Deadline backend loads botocore, pydantic and openjd, whose docstrings alone hold about 1.5 MiB
 for the life of the process; under ``-OO`` Python never loads them (nor runs ``assert`` statements,
 which none of these libraries relies on for behaviour).  Python's optimisation level is fixed when
-the interpreter starts, so the only way to it is to replace the process: same pid (systemd and
+the interpreter starts, so the only way to get it is to replace the process: same pid (systemd and
 the state file stay right), same arguments and interpreter flags, plus ``-OO``.
 """
 
