@@ -66,6 +66,11 @@ class Notifications:
         self.sock.close()
 
 
+def requests_of(emu: Any, operation: str) -> list[int]:
+    """The HTTP statuses the emulator answered ``operation`` with, in order."""
+    return [status for _, op, status in list(emu.requests) if op == operation]
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Start]:
     yield from agent_runner(tmp_path)
@@ -192,7 +197,7 @@ def test_create_worker_retried_through_throttling_500_and_a_fleet_being_created(
         faults,
     )
     agent.until(all_tasks("SUCCEEDED"), 180, "2 tasks SUCCEEDED after CreateWorker got through")
-    answers = [status for _, op, status in list(emu.requests) if op == "CreateWorker"]
+    answers = requests_of(emu, "CreateWorker")
     assert answers == [429, 500, 409, 409, 200], answers
     assert len(emu.read(lambda s: list(s.workers))) == 1
     assert "still being created" in agent.output()
@@ -222,7 +227,7 @@ def test_delete_worker_on_stop(run: Any) -> None:
     assert (agent.home / "deadline-worker.json").exists()
     assert agent.stop() == 0, agent.output()[-3000:]
     assert emu.read(lambda s: list(s.workers)) == [], "DeleteWorker removed the worker"
-    assert [op for _, op, status in list(emu.requests) if op == "DeleteWorker" and status == 200] == ["DeleteWorker"]
+    assert requests_of(emu, "DeleteWorker").count(200) == 1
     assert not (agent.home / "deadline-worker.json").exists(), "a deleted worker's id is not kept for the next start"
     assert f"Worker Delete: worker {worker_id} deleted" in agent.agent_log()
     assert emu.read(lambda s: list(s.violations)) == []
@@ -243,10 +248,6 @@ def test_the_agent_runs_under_python_oo_unless_configured_not_to(run: Any, optim
     assert len(info) == 1, info  # one start recorded, not one per interpreter
     assert ("(-OO)" in info[0]) is optimize, info[0]
     assert agent.stop() == 0, agent.output()[-3000:]
-
-
-def requests_of(emu: Any, operation: str) -> list[int]:
-    return [status for _, op, status in list(emu.requests) if op == operation]
 
 
 @pytest.mark.parametrize("outage", [False, True])
