@@ -251,7 +251,8 @@ class DeadlineEmulator:
         except ServiceError as exc:
             return self._error(op.name, exc)
         if lost:
-            return self._error(op.name, ServiceError("InternalServerException", "Answer lost (injected, after applying)"))
+            lost_error = ServiceError("InternalServerException", "Answer lost (injected, after applying)")
+            return self._error(op.name, lost_error)
         problems = model.check(op.output_shape, result) if op.output_shape is not None else []
         if problems:
             raise AssertionError(f"the emulator's own {op.name} answer is invalid: {problems}")
