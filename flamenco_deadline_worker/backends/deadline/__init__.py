@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -> int:
     """Run as a worker of ``config.farm_id``/``config.fleet_id`` until stopped; the exit code."""
     try:
-        # First: openjd imported with its pydantic validators built on first use (see ojd).
+        # openjd first, before anything else imports it (see ojd).
         from flamenco_deadline_worker.backends.deadline import (
             ojd,  # noqa: F401
             startup,
@@ -45,7 +45,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
     region = (
         config.deadline_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     )
-    api = DeadlineApi(region or None)
+    api = DeadlineApi(region or None, config.home / "flamenco-worker-botocore")
     startup.hide_host_credentials()
     state_file = config.home / "deadline-worker.json"
     service = f"Deadline Cloud farm {config.farm_id}, fleet {config.fleet_id}"
