@@ -8,8 +8,8 @@ fresh network namespace where the only interface is ``lo``:
     command = loopback_only_command([sys.executable, "-m", "some.driver", ...])
     subprocess.run(command, ...)
 
-The command is util-linux ``unshare --net`` (plus ``--map-root-user`` when not root, a user
-namespace of its own), then this module, which brings ``lo`` up, refuses to go on if any other
+The command is util-linux ``unshare --net`` (with ``--map-root-user``, a user namespace of its
+own, when plain ``--net`` is not allowed), then this module, which brings ``lo`` up, refuses to go on if any other
 interface exists or any route leads elsewhere, and replaces itself with the given command.
 ``namespace_problem()`` says why such a namespace cannot be made here, or None.
 """
@@ -31,35 +31,55 @@ _IFF_UP = 0x1
 _IFREQ = "16sh22x"  # struct ifreq: the name, then ifr_flags in a 24-byte union
 
 
-def unshare_prefix() -> list[str]:
-    """``unshare`` with a new network namespace; a user namespace too when not root."""
+def _prefixes() -> list[list[str]]:
+    """``unshare`` with a new network namespace: as is when root, then in a user namespace of its
+    own (unprivileged, or root in a container without CAP_SYS_ADMIN)."""
     exe = shutil.which("unshare")
     if exe is None:
         raise FileNotFoundError("util-linux's 'unshare' is not on PATH")
-    user_ns = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return [exe, "--net", *user_ns, "--"]
+    plain, user_ns = [exe, "--net", "--"], [exe, "--net", "--map-root-user", "--"]
+    return [plain, user_ns] if os.geteuid() == 0 else [user_ns]
 
 
-def loopback_only_command(argv: list[str]) -> list[str]:
-    """``argv`` wrapped so that it runs in a new network namespace with only ``lo``, and ``lo`` up."""
-    return [*unshare_prefix(), sys.executable, "-m", __name__, "--", *argv]
+def _wrap(prefix: list[str], argv: list[str]) -> list[str]:
+    return [*prefix, sys.executable, "-m", __name__, "--", *argv]
 
 
 @functools.cache
+def _probe() -> tuple[list[str] | None, str]:
+    """The first ``unshare`` prefix that makes a loopback-only namespace here, or why none does."""
+    try:
+        prefixes = _prefixes()
+    except FileNotFoundError as exc:
+        return None, str(exc)
+    problems = []
+    for prefix in prefixes:
+        command = _wrap(prefix, [sys.executable, "-c", "pass"])
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problems.append(f"{' '.join(prefix[1:-1])}: {exc}")
+            continue
+        if done.returncode == 0:
+            return prefix, ""
+        why = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[-1]
+        problems.append(f"unshare {' '.join(prefix[1:-1])}: {why}")
+    return None, "cannot make a loopback-only network namespace (" + "; ".join(problems) + ")"
+
+
 def namespace_problem() -> str | None:
     """Why a loopback-only network namespace cannot be made here, or None when it can."""
-    try:
-        command = loopback_only_command([sys.executable, "-c", "pass"])
-    except FileNotFoundError as exc:
-        return str(exc)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{' '.join(command[:3])} failed: {exc}"
-    if done.returncode != 0:
-        why = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[-1]
-        return f"cannot make a loopback-only network namespace with {' '.join(command[:3])}: {why}"
-    return None
+    prefix, problem = _probe()
+    return None if prefix is not None else problem
+
+
+def loopback_only_command(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so that it runs in a new network namespace with only ``lo``, and ``lo`` up.
+    Raises RuntimeError (with the reason) where no such namespace can be made."""
+    prefix, problem = _probe()
+    if prefix is None:
+        raise RuntimeError(problem)
+    return _wrap(prefix, argv)
 
 
 def bring_loopback_up() -> None:
