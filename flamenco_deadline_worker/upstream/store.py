@@ -169,3 +169,21 @@ class UpdateStore:
         async with self.db.execute(sql) as cur:
             row: Any = await cur.fetchone()
         return Backlog(int(row[0]), int(row[1]), row[2])
+
+    async def consume(self, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        """Delete delivered rows and rewrite a partly delivered one to its rest, in one transaction."""
+        if not ids and rest is None:
+            return
+        db = self.db
+        await db.execute("BEGIN")
+        try:
+            if ids:
+                marks = ",".join("?" * len(ids))
+                await db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
+            if rest is not None:
+                row_id, payload, nbytes = rest
+                await db.execute("UPDATE updates SET payload = ?, nbytes = ? WHERE id = ?", (payload, nbytes, row_id))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
