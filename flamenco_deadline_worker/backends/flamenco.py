@@ -314,8 +314,10 @@ class FlamencoBackend:
 
     # ---- task updates (the TaskUpdateQueue's sink) ----------------------------------------------
 
-    deliver_together = False  # one call per task: a slow POST holds up only its own task
-    max_log_lines = None
+    max_log_lines: int | None = None
+
+    def batch_key(self, task_id: str) -> str:
+        return task_id  # one call per task: a slow POST holds up only its own task
 
     async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
         return [await self._deliver_head(head) for head in heads]

@@ -55,8 +55,9 @@ class FakeClock:
         timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + max(0.0, timeout), next(self._order), timer))
         setter = asyncio.ensure_future(event.wait())
+        timer.add_done_callback(lambda _: setter.cancel())
         try:
-            await asyncio.wait({timer, setter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([setter])
         finally:
             setter.cancel()
             timer.cancel()

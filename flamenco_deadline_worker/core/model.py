@@ -181,9 +181,15 @@ class Head:
 class UpdateSink(Protocol):
     """What the TaskUpdateQueue needs from a backend to drain."""
 
-    # True: every ready head comes in one call (Deadline: one UpdateWorkerSchedule carries them
-    # all).  False: one call per head, so a slow one holds up nothing else (Flamenco).
-    deliver_together: bool
+    # At most this many lines in one update (a service limit such as CloudWatch's events per
+    # call), or None.
+    @property
+    def max_log_lines(self) -> int | None: ...
+
+    def batch_key(self, task_id: str) -> str:
+        """Ready heads with the same key travel in one ``deliver`` call (Deadline: every session's
+        action statuses in one UpdateWorkerSchedule); different keys never wait for each other."""
+        ...
 
     async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
         """One result per head, in order.  Never raises for service or network errors."""

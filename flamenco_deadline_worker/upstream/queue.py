@@ -53,7 +53,6 @@ class TaskUpdateQueue:
     ) -> None:
         self.store = UpdateStore(db_path)
         self.sink = sink
-        self.sink_together = bool(getattr(sink, "deliver_together", False))
         self.sink_max_lines: int | None = getattr(sink, "max_log_lines", None)
         self.clock: Clock = clock or SystemClock()
         self.max_in_flight = max_in_flight
@@ -75,6 +74,7 @@ class TaskUpdateQueue:
         self._backoffs: dict[str, Backoff] = {}
         self._limits: dict[str, int] = {}  # domain -> piece size after a "too large" answer
         self._in_flight: set[str] = set()
+        self._keys_in_flight: set[str] = set()  # one call per batch key at a time
         self._running: set[asyncio.Future[None]] = set()
         self._ghosts: set[int] = set()  # delivered rows the store failed to delete
         self.delivery_calls = 0
@@ -203,6 +203,19 @@ class TaskUpdateQueue:
     async def backlog(self) -> Backlog:
         return await self.store.backlog()
 
+    async def completed_actions(self) -> dict[str, set[str]]:
+        """Per domain, the actions whose completion is still queued (after a restart: already ended)."""
+        found: dict[str, set[str]] = {}
+        for task_id, _ in await self.store.heads(limit=100_000):
+            for row in await self.store.rows_of(task_id, limit=1_000_000):
+                try:
+                    data = json.loads(row.payload)
+                except ValueError:
+                    continue
+                if data.get("action") and data.get("status") is not None:
+                    found.setdefault(task_id, set()).add(str(data["action"]))
+        return found
+
     async def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is delivered (True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + timeout
@@ -255,7 +268,7 @@ class TaskUpdateQueue:
         for task_id, _ in await self.store.heads():
             if len(ready) >= room:
                 break
-            if task_id in self._in_flight:
+            if task_id in self._in_flight or self.sink.batch_key(task_id) in self._keys_in_flight:
                 continue
             retry_at = self._retry_at.get(task_id, 0.0)
             if retry_at > now_mono:
@@ -275,9 +288,12 @@ class TaskUpdateQueue:
                 continue
             ready.append(built)
         if ready:
-            groups = [ready] if self.sink_together else [[b] for b in ready]
-            for group in groups:
+            groups: dict[str, list[Built]] = {}
+            for built in ready:
+                groups.setdefault(self.sink.batch_key(built.task_id), []).append(built)
+            for group in groups.values():
                 self._in_flight.update(b.task_id for b in group)
+                self._keys_in_flight.add(self.sink.batch_key(group[0].task_id))
                 self.delivery_calls += 1
                 call = asyncio.ensure_future(self._deliver(group))
                 self._running.add(call)
@@ -296,7 +312,7 @@ class TaskUpdateQueue:
             except Exception as exc:  # a sink must not raise, but a bug there must not stop the drain
                 log.exception("delivering updates raised; will retry")
                 results = [DeliveryResult(Delivery.RETRY, reason=f"internal error: {exc}")] * len(group)
-            for built, result in zip(group, results):
+            for built, result in zip(group, results, strict=True):
                 try:
                     await self._settle(built, result)
                 except Exception:
@@ -304,6 +320,7 @@ class TaskUpdateQueue:
         finally:
             for built in group:
                 self._in_flight.discard(built.task_id)
+            self._keys_in_flight.discard(self.sink.batch_key(group[0].task_id))
             self._new_rows.set()
 
     async def _settle(self, built: Built, result: DeliveryResult) -> None:
@@ -348,7 +365,9 @@ class TaskUpdateQueue:
 
     def _smaller(self, task_id: str, piece: Piece | None, result: DeliveryResult) -> None:
         """A 413: send smaller pieces.  At the floor, keep retrying with backoff: text is never dropped."""
-        current = min(self._limit(task_id), piece.nbytes if piece is not None and piece.nbytes else self._limit(task_id))
+        current = self._limit(task_id)
+        if piece is not None and piece.nbytes:
+            current = min(current, piece.nbytes)
         smaller = max(MIN_PIECE_BYTES, current // 2)
         if smaller < self._limit(task_id):
             log.warning(
