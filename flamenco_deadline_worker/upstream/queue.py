@@ -162,7 +162,7 @@ class TaskUpdateQueue:
         rows: list[tuple[str, float, int, str]] = []
         if not self._pending:
             return rows
-        now = time.time()
+        now = self.clock.time()
         current_task = self._pending[0][0]
         parts: list[str] = []
         for task_id, text in self._pending:
@@ -181,7 +181,7 @@ class TaskUpdateQueue:
 
     def _row(self, update: Update) -> tuple[str, float, int, str]:
         payload = json.dumps(update.to_json(), ensure_ascii=False)
-        return (update.task_id, time.time(), len(update.log) + 64, payload)
+        return (update.task_id, self.clock.time(), len(update.log) + 64, payload)
 
     async def _insert(self, rows: list[tuple[str, float, int, str]]) -> None:
         rows = [r for r in rows if r[0] not in self._gone]
