@@ -12,52 +12,70 @@ import mimetypes
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from flamenco_deadline_worker.backends.base import (
+from flamenco_deadline_worker.core.backoff import Outage
+from flamenco_deadline_worker.core.model import (
     Backend,
     FatalServiceError,
     NotAuthorised,
+    Outcome,
     ServiceUnavailable,
     StateChange,
     Task,
     WorkerState,
 )
-from flamenco_deadline_worker.config import WorkerConfig
-from flamenco_deadline_worker.presence import StatusPublisher
-from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
-from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+if TYPE_CHECKING:
+    # Types only: the composition root hands these in; the core imports no layer above it.
+    from flamenco_deadline_worker.config import WorkerConfig
+    from flamenco_deadline_worker.runner.runner import TaskRunner
+    from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_AUTH_REFUSED = 3
-MAX_RETRY_DELAY = 30.0
 PREVIEW_MIN_INTERVAL = 10.0
 FINAL_STATUS_WAIT = 30.0
 PREVIEW_TYPES = ("image/png", "image/jpeg")
 
 
-class Outage:
-    """Backoff with jitter for one kind of failing call, logging one line per outage, not per retry."""
+class Presence(Protocol):
+    """Where the worker tells the world how it is (the state file, systemd, records): handed in by
+    the composition root, so the core imports no operations module."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.delay = 0.0
+    def signed_on(self, worker_id: str) -> None: ...
 
-    def failed(self, exc: Exception) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("%s failed (%s); retrying with backoff until it works", self.what, exc)
-        self.delay = min(MAX_RETRY_DELAY, max(0.5, self.delay * 2))
-        wait = getattr(exc, "retry_after", None)
-        return float(wait) if wait is not None else self.delay * random.uniform(0.5, 1.0)
+    def waiting(self, why: str) -> None: ...
 
-    def succeeded(self) -> None:
-        if self.since is not None:
-            log.info("%s works again after %.0f s", self.what, time.monotonic() - self.since)
-        self.since = None
-        self.delay = 0.0
+    def stopping(self, why: str) -> None: ...
+
+    def state(self, state: str) -> None: ...
+
+    def task_started(self, task: Task) -> None: ...
+
+    def task_finished(self, task: Task, outcome: str) -> None: ...
+
+
+class NoPresence:
+    def signed_on(self, worker_id: str) -> None:
+        pass
+
+    def waiting(self, why: str) -> None:
+        pass
+
+    def stopping(self, why: str) -> None:
+        pass
+
+    def state(self, state: str) -> None:
+        pass
+
+    def task_started(self, task: Task) -> None:
+        pass
+
+    def task_finished(self, task: Task, outcome: str) -> None:
+        pass
 
 
 class FlamencoWorker:
@@ -82,7 +100,7 @@ class FlamencoWorker:
         self._preview_task: asyncio.Task[None] | None = None
         self.tasks_run = 0
         # State file, systemd notifications and Worker records (agent.py gives the real one).
-        self.publisher = StatusPublisher(config)
+        self.publisher: Presence = NoPresence()
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
 
@@ -136,7 +154,7 @@ class FlamencoWorker:
         return getattr(self.backend, "initial_state", WorkerState.AWAKE)
 
     async def _start(self) -> None:
-        outage = Outage("signing on to the Manager")
+        outage = Outage("signing on to the Manager", time.monotonic)
         while not self.stop_event.is_set():
             try:
                 await self.backend.start()
@@ -170,7 +188,7 @@ class FlamencoWorker:
             log.info("worker state: %s -> %s", self.state.value, state.value)
         self.state = state
         self.publisher.state(state.value)
-        outage = Outage(f"acknowledging state {state.value}")
+        outage = Outage(f"acknowledging state {state.value}", time.monotonic)
         for _ in range(5):
             try:
                 await self.backend.state_changed(state)
@@ -192,7 +210,7 @@ class FlamencoWorker:
 
     async def _awake_once(self) -> None:
         await self._wait_for_backlog()
-        outage = Outage("fetching a task")
+        outage = Outage("fetching a task", time.monotonic)
         while True:
             if self.stop_event.is_set():
                 return
