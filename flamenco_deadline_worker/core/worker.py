@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from flamenco_deadline_worker.core.backoff import Outage
+from flamenco_deadline_worker.core.lifecycle import EXIT_OK, live
 from flamenco_deadline_worker.core.model import (
     Backend,
     FatalServiceError,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
 EXIT_AUTH_REFUSED = 3
 PREVIEW_MIN_INTERVAL = 10.0
 FINAL_STATUS_WAIT = 30.0
@@ -104,51 +104,61 @@ class FlamencoWorker:
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
 
-    # ---- entry point -------------------------------------------------------------------------
+    # ---- its life (core/lifecycle.py): start, rounds, drain, flush, sign off ---------------------
 
     async def run(self) -> int:
         """Run until told to stop (exit 0), or the Manager sends us offline or to restart."""
-        main = asyncio.ensure_future(self._main())
-        stopper = asyncio.ensure_future(self.stop_event.wait())
-        try:
-            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if not main.done():
-            log.info("shutting down: aborting the running task, flushing updates, signing off")
-            self._wake.set()
-            main.cancel()
-            # The loop also checks stop_event: on Python < 3.12 wait_for() can swallow a cancel.
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
-            await self._finish()
-            return EXIT_OK
-        return main.result()
+        return await live(self, self.stop_event, self._flush, self.config.shutdown_flush_seconds)
 
-    async def _main(self) -> int:
+    async def start(self) -> int | None:
         try:
             await self._start()
         except NotAuthorised as exc:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
         await self._enter(self.backend_initial_state())
-        while not self.stop_event.is_set():
-            if self.state is WorkerState.AWAKE:
-                await self._awake_once()
-                if self.single and self.tasks_run:
-                    log.info("--single: one task done, stopping")
-                    await self._finish()
-                    return EXIT_OK
-            elif self.state in (WorkerState.OFFLINE, WorkerState.RESTART):
-                await self._finish()
-                if self.state is WorkerState.RESTART:
-                    log.info("the Manager asked for a restart; exiting with code %d", self.config.restart_exit_code)
-                    return self.config.restart_exit_code
-                log.info("the Manager sent this worker offline; exiting")
+        return None
+
+    async def abandon_start(self) -> None:
+        pass  # nothing to undo: a worker that signed on is timed out by the Manager like any other
+
+    async def step(self) -> int | None:
+        if self.state is WorkerState.AWAKE:
+            await self._awake_once()
+            if self.single and self.tasks_run:
+                log.info("--single: one task done, stopping")
                 return EXIT_OK
-            else:
-                await self._asleep_once()
-        return EXIT_OK  # stopping: run() finishes the shutdown
+        elif self.state is WorkerState.RESTART:
+            log.info("the Manager asked for a restart; exiting with code %d", self.config.restart_exit_code)
+            return self.config.restart_exit_code
+        elif self.state is WorkerState.OFFLINE:
+            log.info("the Manager sent this worker offline; exiting")
+            return EXIT_OK
+        else:
+            await self._asleep_once()
+        return None
+
+    async def drain(self) -> None:
+        # A running task was aborted when its round was cancelled; its statuses are queued.
+        self._wake.set()
+        self.publisher.stopping(f"flushing updates and signing off (state {self.state.value})")
+
+    async def _flush(self, seconds: float) -> bool:
+        delivered = await self.queue.flush(seconds)
+        if not delivered:
+            backlog = await self.queue.backlog()
+            log.warning(
+                "%d update(s) not delivered yet; they stay queued in %s for the next start",
+                backlog.count, self.config.task_update_queue_db,
+            )
+        return delivered
+
+    async def sign_off(self) -> None:
+        try:
+            await asyncio.wait_for(self.backend.sign_off(), 10)
+            log.info("signed off")
+        except (ServiceUnavailable, NotAuthorised, FatalServiceError, asyncio.TimeoutError) as exc:
+            log.warning("could not sign off (%s); the Manager will time this worker out", exc)
 
     def backend_initial_state(self) -> WorkerState:
         return getattr(self.backend, "initial_state", WorkerState.AWAKE)
@@ -164,22 +174,6 @@ class FlamencoWorker:
             except (ServiceUnavailable, FatalServiceError) as exc:
                 self.publisher.waiting(f"signing on: {exc}")
                 await self._pause(outage.failed(exc))
-
-    async def _finish(self) -> None:
-        """Deliver what can be delivered in the time allowed, then sign off."""
-        self.publisher.stopping(f"flushing updates and signing off (state {self.state.value})")
-        delivered = await self.queue.flush(self.config.shutdown_flush_seconds)
-        if not delivered:
-            backlog = await self.queue.backlog()
-            log.warning(
-                "%d update(s) not delivered yet; they stay queued in %s for the next start",
-                backlog.count, self.config.task_update_queue_db,
-            )
-        try:
-            await asyncio.wait_for(self.backend.sign_off(), 10)
-            log.info("signed off")
-        except (ServiceUnavailable, NotAuthorised, FatalServiceError, asyncio.TimeoutError) as exc:
-            log.warning("could not sign off (%s); the Manager will time this worker out", exc)
 
     # ---- states ------------------------------------------------------------------------------
 
