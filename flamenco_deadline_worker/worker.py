@@ -113,6 +113,8 @@ class FlamencoWorker:
         except NotAuthorised as exc:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
+        if self.stop_event.is_set():
+            return EXIT_OK  # stopped before the Manager was reached: no state to enter or report
         await self._enter(self.backend_initial_state())
         while not self.stop_event.is_set():
             if self.state is WorkerState.AWAKE:

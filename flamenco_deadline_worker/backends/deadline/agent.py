@@ -62,6 +62,8 @@ class DeadlineAgent:
         self.publisher = publisher
         self.deleted = False  # DeleteWorker succeeded: the saved worker id is no use any more
         self._drain: asyncio.Task[None] | None = None
+        # taskRun action id -> job id, so `flamenco-worker status` counts Deadline tasks (tasks_run, last_task).
+        self._task_runs: dict[str, str] = {}
 
     def healthy(self) -> bool:
         """For the systemd watchdog: the update drain is alive."""
@@ -76,9 +78,15 @@ class DeadlineAgent:
     async def report(self, session_id: str, action_id: str, info: dict[str, Any]) -> None:
         if "completedStatus" in info:
             self.sink.final_status_queued(session_id, action_id)
+            self._count_task_run(session_id, action_id, str(info["completedStatus"]))
         await self.queue.put(
             Update(task_id=f"{session_id}/{action_id}", status=info.get("completedStatus"), extra=info)
         )
+
+    def _count_task_run(self, session_id: str, action_id: str, status: str) -> None:
+        job_id = self._task_runs.pop(action_id, None)
+        if job_id is not None and status != "NEVER_ATTEMPTED" and self.publisher is not None:
+            self.publisher.work_finished(f"{session_id}/{action_id}", job_id, status)
 
     # ---- the main loop -------------------------------------------------------------------
 
@@ -175,6 +183,8 @@ class DeadlineAgent:
             known = self.sessions.get(session_id)
             runner = known if known is not None else await self._new_session(session_id, spec)
             added = runner.add(spec["sessionActions"])
+            self._task_runs.update((a["sessionActionId"], spec["jobId"]) for a in spec["sessionActions"]
+                                   if a["sessionActionId"] in added and "taskRun" in a["definition"])
             if added:
                 records.session_add(session_id, runner.queue_id, added)
         self._state("working" if self.sessions else "idle")
