@@ -104,7 +104,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
     }
 
 
-def _size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if n is None:
         return "?"
     size = float(n)
@@ -134,7 +134,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"queue:        unknown ({backlog['note']})")
     else:
         lines.append(
-            f"queue:        {backlog['count']} undelivered update(s), {_size(backlog['bytes'])}"
+            f"queue:        {backlog['count']} undelivered update(s), {human_size(backlog['bytes'])}"
             + (f", oldest {age:.0f} s old" if age is not None else "")
         )
         if backlog["note"]:
@@ -241,7 +241,7 @@ async def _flush(config: WorkerConfig, timeout: float) -> int:
     )
     await queue.open()
     before = await queue.backlog()
-    print(f"delivering {before.count} queued update(s) ({_size(before.nbytes)}) to {config.manager_url}",
+    print(f"delivering {before.count} queued update(s) ({human_size(before.nbytes)}) to {config.manager_url}",
           flush=True)
     drain = asyncio.ensure_future(queue.run_drain())
     try:
@@ -255,7 +255,7 @@ async def _flush(config: WorkerConfig, timeout: float) -> int:
     if done:
         print(f"all {before.count} update(s) delivered ({queue.delivered_updates} request(s))")
         return EXIT_OK
-    print(f"flamenco-worker flush: {after.count} update(s) ({_size(after.nbytes)}) still queued after "
+    print(f"flamenco-worker flush: {after.count} update(s) ({human_size(after.nbytes)}) still queued after "
           f"{timeout:g} s; the Manager may be unreachable (see the lines above). They stay in "
           f"{config.task_update_queue_db} for the next start or flush.", file=sys.stderr)
     return EXIT_NOT_ALL_DELIVERED
