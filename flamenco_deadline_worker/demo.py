@@ -5,7 +5,7 @@ second task prints numbered lines for a few seconds.  In the middle of that task
 for a few seconds and comes back on the same port.  The worker keeps running the task, queues what
 it cannot deliver in its SQLite file, and delivers it once the Manager is back.  The summary checks
 that every line reached the Manager, in order.  When Blender is installed, a last task renders one
-frame.  The demo's folder is removed at the end unless --keep (or --home) is given.
+frame.  The demo's temporary folder is removed at the end unless --keep; a --home given is left alone.
 
 Exit codes: 0 the job completed and nothing was lost; 1 otherwise (the folder is then kept).
 """
