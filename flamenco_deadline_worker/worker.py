@@ -30,6 +30,9 @@ from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+# _main saw the stop signal and returned without shutting down: run() finishes the shutdown.  It can
+# notice the signal in the same loop turn as run() does, so run() must not rely on cancelling it.
+_STOPPED = -1
 EXIT_AUTH_REFUSED = 3
 MAX_RETRY_DELAY = 30.0
 PREVIEW_MIN_INTERVAL = 10.0
@@ -105,7 +108,12 @@ class FlamencoWorker:
                 await main
             await self._finish()
             return EXIT_OK
-        return main.result()
+        result = main.result()
+        if result == _STOPPED:
+            log.info("shutting down: flushing updates, signing off")
+            await self._finish()
+            return EXIT_OK
+        return result
 
     async def _main(self) -> int:
         try:
@@ -114,7 +122,7 @@ class FlamencoWorker:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
         if self.stop_event.is_set():
-            return EXIT_OK  # stopped before the Manager was reached: no state to enter or report
+            return _STOPPED  # stopped before the Manager was reached: no state to enter or report
         await self._enter(self.backend_initial_state())
         while not self.stop_event.is_set():
             if self.state is WorkerState.AWAKE:
@@ -132,7 +140,7 @@ class FlamencoWorker:
                 return EXIT_OK
             else:
                 await self._asleep_once()
-        return EXIT_OK  # stopping: run() finishes the shutdown
+        return _STOPPED
 
     def backend_initial_state(self) -> WorkerState:
         return getattr(self.backend, "initial_state", WorkerState.AWAKE)
