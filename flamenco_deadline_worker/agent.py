@@ -9,6 +9,7 @@ import logging
 from flamenco_deadline_worker import __version__
 from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.presence import service_presence
+from flamenco_deadline_worker.runner import containment
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -43,6 +44,8 @@ async def run_flamenco(
         push_log_max_interval=config.push_log_max_interval_seconds,
     )
     await queue.open()
+    # Before any task runs: processes a killed worker left behind on this home are found and killed.
+    containment.setup(config.home, config.process_containment)
     runner = TaskRunner(
         queue,
         work_root=config.work_dir,
