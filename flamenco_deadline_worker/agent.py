@@ -7,9 +7,10 @@ import contextlib
 import logging
 
 from flamenco_deadline_worker import __version__
-from flamenco_deadline_worker.config import WorkerConfig
-from flamenco_deadline_worker.presence import service_presence
+from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
+from flamenco_deadline_worker.presence import service_presence, state_file
 from flamenco_deadline_worker.runner import containment
+from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -24,6 +25,16 @@ def process_limits(config: WorkerConfig) -> ProcessLimits:
         kill_grace=config.kill_grace_seconds,
         oom_score_adj=config.oom_score_adj,
     )
+
+
+def file_rules(config: WorkerConfig) -> FileRules:
+    """File commands act in the work directory and ``file_command_roots``, never on the worker's own files."""
+    db = str(config.task_update_queue_db)
+    protected = (
+        str(config.home_config), db, db + "-wal", db + "-shm", db + "-journal", str(config.logs_dir),
+        str(state_file(config)), str(config.home / containment.RECORD_NAME), str(SYSTEM_CONFIG.parent),
+    )
+    return FileRules(roots=(str(config.work_dir), *config.file_command_roots), protected=protected)
 
 
 async def run_flamenco(
@@ -53,6 +64,7 @@ async def run_flamenco(
         limits=process_limits(config),
         run_as=RunAs(config.job_user) if config.job_user else None,
         activity_interval=config.push_act_max_interval_seconds,
+        file_rules=file_rules(config),
     )
     worker = FlamencoWorker(config, backend, queue, runner, single=single)
     worker.stop_event = stop_event

@@ -141,6 +141,7 @@ class CommandContext:
         reporter: TaskReporter,
         limits: process.ProcessLimits,
         run_as: process.RunAs | None,
+        file_rules: commands.FileRules,
     ) -> None:
         self.task_id = task.id
         self.job_id = task.job_id
@@ -148,6 +149,7 @@ class CommandContext:
         self.reporter: commands.Reporter = reporter
         self.limits = limits
         self.run_as = run_as
+        self.file_rules = file_rules
 
     async def run_process(
         self,
@@ -191,9 +193,12 @@ class TaskRunner:
         run_as: process.RunAs | None = None,
         activity_interval: float = 1.0,
         on_output: OutputCallback | None = None,
+        file_rules: commands.FileRules | None = None,
     ) -> None:
         self.queue = queue
         self.work_root = work_root
+        # File commands: only the work directory unless the composition root says more.
+        self.file_rules = file_rules or commands.FileRules(roots=(str(work_root),))
         self.logs_dir = logs_dir
         self.limits = limits
         self.run_as = run_as
@@ -279,7 +284,7 @@ class TaskRunner:
 
     async def _run_commands(self, task: Task, reporter: TaskReporter, workdir: Path) -> Outcome:
         await reporter.status(TaskStatus.ACTIVE, f"starting task {task.name}")
-        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as)
+        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as, self.file_rules)
         steps_before = task.steps_completed
         for index, spec in enumerate(task.commands, start=1):
             self.current_command = spec.name
