@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from flamenco_deadline_worker import __version__
+from flamenco_deadline_worker import __version__, private
 from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
 from flamenco_deadline_worker.presence import service_presence, state_file
 from flamenco_deadline_worker.runner import containment
@@ -48,6 +48,7 @@ async def run_flamenco(
         __version__, config.manager_url, config.home, config.task_update_queue_db,
     )
     backend = FlamencoBackend(config, reregister=reregister)
+    private.touch(config.task_update_queue_db)  # SQLite gives its -wal and -shm files this file's mode
     queue = TaskUpdateQueue(
         config.task_update_queue_db,
         backend,

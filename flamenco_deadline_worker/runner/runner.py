@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flamenco_deadline_worker import records
+from flamenco_deadline_worker import private, records
 from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
 from flamenco_deadline_worker.runner import process
 from flamenco_deadline_worker.runner.commands import base as commands
@@ -51,8 +51,8 @@ class TaskReporter:
         self._in_flight: set[asyncio.Future[None]] = set()
         self._file: IO[str] | None = None
         if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._file = log_file.open("a", encoding="utf-8", errors="backslashreplace")
+            private.make_dirs(log_file.parent)
+            self._file = open(log_file, "a", encoding="utf-8", errors="backslashreplace", opener=private.opener)
 
     # The hot path: every line of every child goes through here.
     def log(self, line: str) -> None:

@@ -82,6 +82,9 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
         publisher.signed_on(worker_id)
         publisher.state("started")
+        from flamenco_deadline_worker import private
+
+        private.touch(config.task_update_queue_db)  # private queue (SQLite's -wal and -shm follow it)
         agent = DeadlineAgent(
             api,
             ids,

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from flamenco_deadline_worker import private
 from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 
@@ -125,7 +126,7 @@ class DeadlineSink:
             return DeliveryResult(Delivery.REJECTED, f"no log configuration known for session {session_id}")
         local = self._unwritten("file", task_id, text)
         if local:
-            target.local.parent.mkdir(parents=True, exist_ok=True)
+            private.make_dirs(target.local.parent)
             await asyncio.to_thread(_append, target.local, local)
             self._mark_written("file", task_id, text, len(text))
         remaining = self._unwritten("cwl", task_id, text)
@@ -162,7 +163,7 @@ def _index(action_id: str) -> int:
 
 
 def _append(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8", opener=private.opener) as f:
         f.write(text)
 
 
