@@ -57,7 +57,7 @@ async def run_flamenco(
     )
     await queue.open()
     # Before any task runs: processes a killed worker left behind on this home are found and killed.
-    containment.setup(config.home, config.process_containment)
+    holder = containment.setup(config.home, config.process_containment)
     runner = TaskRunner(
         queue,
         work_root=config.work_dir,
@@ -84,3 +84,4 @@ async def run_flamenco(
                 await drain
             await queue.close()
             await backend.close()
+            holder.close()

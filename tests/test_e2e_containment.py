@@ -96,6 +96,8 @@ async def start_escaping_task(
     await wait_until(lambda: Path(f"{pid_file}.parent").exists(), LONG_TIMEOUT, "the escapee is running")
     escapee, child = int(pid_file.read_text()), int(Path(f"{pid_file}.parent").read_text())
     child_pids.extend([escapee, child])
+    if then == "exit":  # the command is over now: the worker may already have killed the escapee
+        return worker, job_id, escapee, child
     assert pid_alive(escapee)
     if mode == "cgroup":
         assert "task-" in Path(f"/proc/{escapee}/cgroup").read_text(), "the escapee is in the task's cgroup"

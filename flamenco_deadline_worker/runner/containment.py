@@ -343,6 +343,19 @@ class Containment:
         self.step_out()
         for unit in list(self.units):
             unit.kill_now()
+        # SIGKILL takes effect at once; give the cgroups a moment to empty, so none is left behind.
+        deadline = time.monotonic() + 2.0
+        for unit in list(self.units):
+            while unit.cgroup is not None and cgroup_populated(unit.cgroup) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            unit.close()
+        self.close()
+
+    def close(self) -> None:
+        """Clean exit: every unit is gone; remove the worker's (empty) cgroup.  The record stays: its
+        worker is no longer running, which is all the next start needs to know."""
+        if self.cgroup_parent is not None:
+            remove_cgroup_tree(self.cgroup_parent)
 
     def reap_adopted(self) -> None:
         """Subreaper mode: collect orphans that were re-parented to the worker and have exited.

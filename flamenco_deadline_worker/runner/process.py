@@ -32,15 +32,10 @@ LineHandler = Callable[[str], None]
 PIPE_DRAIN_SECONDS = 5.0
 KILL_WAIT_SECONDS = 10.0
 
-# Every child still running, so that a forced exit can take their units down with it.
-LIVE_CHILDREN: set[ChildProcess] = set()
-
 
 def kill_all_now() -> None:
     """The forced exit (second SIGTERM): SIGKILL to every task process, without waiting."""
     containment.active().kill_all_now()
-    for child in list(LIVE_CHILDREN):
-        child.unit.kill_now()
 
 
 class ProcessTimeout(Exception):
@@ -213,7 +208,6 @@ class ChildProcess:
 
     def close(self) -> None:
         """The child and its unit are done with: pipes closed, cgroup removed, orphans reaped."""
-        LIVE_CHILDREN.discard(self)
         if self._transport is not None:
             self._transport.close()
         self.unit.containment.spawned.discard(self.pid)
@@ -276,7 +270,6 @@ async def spawn(
     unit.leader = proc.pid
     holder.spawned.add(proc.pid)
     child = ChildProcess(proc, full_argv, unit, protocol.exited, transport)
-    LIVE_CHILDREN.add(child)
     return child
 
 
