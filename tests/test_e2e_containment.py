@@ -71,8 +71,11 @@ MODES = [
     pytest.param("cgroup", marks=pytest.mark.skipif(
         not cgroup_usable(), reason="needs root and a writable cgroup v2 tree (the cgroup containment)")),
     "subreaper",
+    # The fallback: it finds processes by their FLAMENCO_TASK_UNIT variable, which these keep.
+    "process-group",
 ]
-MODE_LOG = {"cgroup": "contained in cgroup v2", "subreaper": "child subreaper (PR_SET_CHILD_SUBREAPER)"}
+MODE_LOG = {"cgroup": "contained in cgroup v2", "subreaper": "child subreaper (PR_SET_CHILD_SUBREAPER)",
+            "process-group": "contained by process group only"}
 
 
 def escaping_task(name: str, pid_file: Path, then: str) -> dict[str, Any]:

@@ -259,9 +259,20 @@ class Unit:
         """Send ``sig`` to every member; how many got it."""
         return sum(_kill(pid, sig) for pid in self.members())
 
+    def _cgroup_killable(self) -> bool:
+        """cgroup.kill may be used: never while the worker itself stands in this cgroup."""
+        if self.cgroup is None:
+            return False
+        self.containment.step_out()
+        if self.containment.inside == self.cgroup:
+            log.error("the worker is still in task cgroup %s: killing its members one by one", self.cgroup)
+            return False
+        return True
+
     def kill_now(self) -> None:
         """SIGKILL to every member, without waiting (the forced-exit path)."""
-        if self.cgroup is not None:
+        if self._cgroup_killable():
+            assert self.cgroup is not None
             cgroup_kill_now(self.cgroup)
         else:
             self.signal(signal.SIGKILL)
@@ -272,7 +283,7 @@ class Unit:
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
-            if self.cgroup is not None:
+            if self.cgroup is not None and self._cgroup_killable():
                 if not cgroup_populated(self.cgroup):
                     return True
                 cgroup_kill_now(self.cgroup)
