@@ -169,3 +169,49 @@ async def test_processes_of_a_killed_worker_are_killed_before_the_next_one_runs_
     child_pids.append(int((tmp_path / "escapee.pid").read_text()))
     assert await again.stop() == 0
     assert not pid_alive(int((tmp_path / "escapee.pid").read_text()))
+
+
+# A job-scoped daemon, the way the adaptor runtime starts one: its own session, FLAMENCO_TASK_KEEP=1.
+KEPT_DAEMON = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(sys.argv[1] + '.tmp', 'w') as f:
+            f.write(str(os.getpid()))
+        os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+        env = dict(os.environ, FLAMENCO_TASK_KEEP='1')
+        os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)'], env)
+    os._exit(0)
+os.wait()
+print('daemon started', flush=True)
+"""
+
+
+def kept_daemon_task(name: str, pid_file: Path) -> dict[str, Any]:
+    command = {"name": "exec", "parameters": {"exe": sys.executable, "args": ["-c", KEPT_DAEMON, str(pid_file)]},
+               "total_step_count": 1}
+    return {"name": name, "task_type": "misc", "commands": [command]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_kept_daemon_serves_its_job_and_dies_when_another_job_starts_and_at_shutdown(
+    mode: str, manager: RecordingManager, workers: WorkerStarter, tmp_path: Path, child_pids: list[int]
+) -> None:
+    first, second = tmp_path / "first.pid", tmp_path / "second.pid"
+    job_a = manager.submit_job("a", [kept_daemon_task("a1", first)])
+    worker = await workers.start(manager.url, env={"FLAMENCO_WORKER_PROCESS_CONTAINMENT": mode})
+    await until(manager, lambda: manager.job(job_a).status == "completed", LONG_TIMEOUT, worker)
+    daemon_a = int(first.read_text())
+    child_pids.append(daemon_a)
+    assert pid_alive(daemon_a), "a kept process outlives its command"
+
+    job_b = manager.submit_job("b", [kept_daemon_task("b1", second)])
+    await until(manager, lambda: manager.job(job_b).status == "completed", LONG_TIMEOUT, worker)
+    daemon_b = int(second.read_text())
+    child_pids.append(daemon_b)
+    await wait_until(lambda: not pid_alive(daemon_a), LONG_TIMEOUT, "job a's daemon ends when job b starts")
+    assert pid_alive(daemon_b)
+
+    assert await worker.stop() == 0
+    assert not pid_alive(daemon_b), "the worker's shutdown ends the kept daemon"

@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("cgroup", "subreaper", "process-group")
 UNIT_VARIABLE = "FLAMENCO_TASK_UNIT"
+# Set (to 1) in the environment of a process meant to serve the later tasks of its job (the adaptor
+# runtime's warm daemon): it outlives its command, and only that. It dies when a task of another job
+# starts, on an abort, at shutdown, and with the worker (the next start kills it).
+KEEP_VARIABLE = "FLAMENCO_TASK_KEEP"
 RECORD_NAME = "flamenco-worker.tasks.json"
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_PREFIX = "flamenco-worker-"
@@ -98,17 +102,22 @@ def descendants(root: int, stats: list[ProcStat]) -> list[ProcStat]:
     return out
 
 
-def unit_variable_of(pid: int) -> str | None:
-    """The FLAMENCO_TASK_UNIT value in ``pid``'s environment; None when absent or unreadable."""
+def variable_of(pid: int, name: str) -> str | None:
+    """The value of ``name`` in ``pid``'s environment; None when absent or unreadable."""
     try:
         data = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
-    key = UNIT_VARIABLE.encode() + b"="
+    key = name.encode() + b"="
     for item in data.split(b"\0"):
         if item.startswith(key):
             return item[len(key):].decode("utf-8", "replace")
     return None
+
+
+def unit_variable_of(pid: int) -> str | None:
+    """The FLAMENCO_TASK_UNIT value in ``pid``'s environment; None when absent or unreadable."""
+    return variable_of(pid, UNIT_VARIABLE)
 
 
 def marked(prefix: str, stats: list[ProcStat] | None = None) -> list[int]:
@@ -213,6 +222,7 @@ class Unit:
         self.tag = f"{containment.tag}:{os.getpid()}:{index}"
         self.cgroup = cgroup
         self.leader: int | None = None
+        self.job = containment.current_job
 
     @contextlib.contextmanager
     def forking(self) -> Iterator[None]:
@@ -237,14 +247,34 @@ class Unit:
         finally:
             self.containment.step_out()
 
-    def members(self) -> list[int]:
-        """Live processes of the unit, the leader included while it runs."""
-        if self.cgroup is not None:
-            return [pid for pid in cgroup_members(self.cgroup) if pid != os.getpid()]
+    def members(self, *, spare_kept: bool = False) -> list[int]:
+        """Live processes of the unit, the leader included while it runs; without the job's kept
+        processes (KEEP_VARIABLE, and what they started) when ``spare_kept``."""
         stats = all_processes()
+        if self.cgroup is not None:
+            found = {pid for pid in cgroup_members(self.cgroup) if pid != os.getpid()}
+        else:
+            found = self._tree_members(stats)
+        if spare_kept and found:
+            found -= self._kept(found, stats)
+        return sorted(found)
+
+    def _kept(self, pids: set[int], stats: list[ProcStat]) -> set[int]:
+        roots = {pid for pid in pids if variable_of(pid, KEEP_VARIABLE) == "1"}
+        kept = set(roots)
+        for root in roots:
+            kept.update(s.pid for s in descendants(root, stats))
+        return kept & pids
+
+    def _tree_members(self, stats: list[ProcStat]) -> set[int]:
         found: set[int] = set()
         if self.containment.mode == "subreaper":
-            found.update(s.pid for s in descendants(os.getpid(), stats) if live(s))
+            # Every descendant of the worker, but those of another unit (a kept daemon of an earlier command).
+            mine = f"{self.containment.tag}:"
+            for s in descendants(os.getpid(), stats):
+                tag = unit_variable_of(s.pid) if live(s) else None
+                if live(s) and not (tag and tag.startswith(mine) and tag != self.tag):
+                    found.add(s.pid)
         if self.leader is not None:
             found.update(s.pid for s in descendants(self.leader, stats) if live(s))
             found.update(s.pid for s in stats if s.pgid == self.leader and live(s))
@@ -253,7 +283,7 @@ class Unit:
                 found.add(self.leader)
         found.update(marked(self.tag, stats))
         found.discard(os.getpid())
-        return sorted(found)
+        return found
 
     def signal(self, sig: int) -> int:
         """Send ``sig`` to every member; how many got it."""
@@ -277,18 +307,19 @@ class Unit:
         else:
             self.signal(signal.SIGKILL)
 
-    async def kill(self, timeout: float = KILL_WAIT_SECONDS) -> bool:
+    async def kill(self, timeout: float = KILL_WAIT_SECONDS, *, spare_kept: bool = False) -> bool:
         """SIGKILL every member until none is left (one forking as we go is caught on the next
-        round); True when the unit is empty."""
+        round); True when the unit is empty.  ``spare_kept``: the end of a command, where the job's
+        kept processes stay (see KEEP_VARIABLE)."""
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
-            if self.cgroup is not None and self._cgroup_killable():
+            if self.cgroup is not None and not spare_kept and self._cgroup_killable():
                 if not cgroup_populated(self.cgroup):
                     return True
                 cgroup_kill_now(self.cgroup)
             else:
-                members = self.members()
+                members = self.members(spare_kept=spare_kept)
                 self.containment.reap_adopted()
                 if not members:
                     return True
@@ -301,10 +332,15 @@ class Unit:
             delay = min(0.1, delay * 2)
 
     def close(self) -> None:
-        """The command is over: remove its cgroup (empty by now) and reap what the worker adopted."""
+        """The command is over: remove its cgroup and reap what the worker adopted.  A unit whose
+        kept processes still run stays known (and its cgroup in place) until they are killed."""
+        self.containment.reap_adopted()
+        if self.members():
+            log.info("processes of job %s kept for its next tasks (%s): %s", self.job, KEEP_VARIABLE,
+                     ", ".join(map(str, self.members())))
+            return
         if self.cgroup is not None:
             remove_cgroup_tree(self.cgroup)
-        self.containment.reap_adopted()
         self.containment.units.discard(self)
 
 
@@ -322,6 +358,7 @@ class Containment:
     inside: Path | None = None  # the unit cgroup the worker stands in during a fork
     units: set[Unit] = attrs.field(factory=set)
     spawned: set[int] = attrs.field(factory=set)  # leaders, reaped by asyncio: never by reap_adopted
+    current_job: str | None = None
     _count: int = 0
 
     def new_unit(self) -> Unit:
@@ -349,22 +386,41 @@ class Containment:
         except OSError as exc:  # pragma: no cover - the probe in setup made the same move
             log.error("cannot leave task cgroup %s for %s: %s", self.inside, self.home_cgroup, exc)
 
-    def kill_all_now(self) -> None:
-        """Forced exit: SIGKILL to every task process of every unit, at once."""
-        self.step_out()
-        for unit in list(self.units):
-            unit.kill_now()
-        # SIGKILL takes effect at once; give the cgroups a moment to empty, so none is left behind.
+    def job_starting(self, job: str) -> None:
+        """A task of ``job`` starts: processes kept for another job's next tasks are killed."""
+        self.current_job = job
+        self.kill_kept_now(lambda unit: unit.job != job)
+
+    def kill_kept_now(self, which: Callable[[Unit], bool] = lambda unit: True) -> None:
+        """SIGKILL to the processes kept by ended commands (all, or those ``which`` picks)."""
+        for unit in [u for u in self.units if u.leader is not None and which(u)]:
+            if unit.cgroup is None or unit.containment.inside == unit.cgroup:
+                unit.signal(signal.SIGKILL)
+            else:
+                cgroup_kill_now(unit.cgroup)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Wait (briefly: SIGKILL takes effect at once) for killed units to empty, then drop them."""
         deadline = time.monotonic() + 2.0
         for unit in list(self.units):
             while unit.cgroup is not None and cgroup_populated(unit.cgroup) and time.monotonic() < deadline:
                 time.sleep(0.01)
             unit.close()
+
+    def kill_all_now(self) -> None:
+        """Forced exit: SIGKILL to every task process of every unit, at once."""
+        self.step_out()
+        for unit in list(self.units):
+            unit.kill_now()
+        self._settle()
         self.close()
 
     def close(self) -> None:
-        """Clean exit: every unit is gone; remove the worker's (empty) cgroup.  The record stays: its
-        worker is no longer running, which is all the next start needs to know."""
+        """Clean exit: kept processes are killed; remove the worker's (empty) cgroup.  The record
+        stays: its worker is no longer running, which is all the next start needs to know."""
+        if self.units:
+            self.kill_kept_now()
         if self.cgroup_parent is not None:
             remove_cgroup_tree(self.cgroup_parent)
 

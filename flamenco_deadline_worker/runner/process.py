@@ -334,7 +334,7 @@ async def _follow(
         assert returncode is not None
         # The child is gone; kill whatever it left behind (daemonised helpers, setsid grandchildren),
         # after which nothing holds its output open and the rest of it can be read.
-        await child.unit.kill()
+        await child.unit.kill(spare_kept=True)
         done, _ = await asyncio.wait({pump_task}, timeout=PIPE_DRAIN_SECONDS)
         if not done:
             log.warning("pid %d exited but a process out of reach still holds its output open; "

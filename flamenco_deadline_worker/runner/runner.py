@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from flamenco_deadline_worker import private, records
 from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
-from flamenco_deadline_worker.runner import process
+from flamenco_deadline_worker.runner import containment, process
 from flamenco_deadline_worker.runner.commands import base as commands
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
@@ -248,6 +248,8 @@ class TaskRunner:
         started = time.monotonic()
         self._failure = ""
         outcome = Outcome.ABORTED
+        # Processes an earlier task kept for its job's next tasks (a warm adaptor daemon) end with that job.
+        containment.active().job_starting(task.job_id)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             records.filesystem("Create", workdir, "task working directory", logging.DEBUG)
@@ -266,6 +268,7 @@ class TaskRunner:
         except asyncio.CancelledError:
             reason = self._abort_reason or "the worker is shutting down"
             reporter.log(f"task aborted: {reason}")
+            containment.active().kill_kept_now()  # an abort ends the job's kept processes too
             raise
         finally:
             await self.queue.commit_logs()
