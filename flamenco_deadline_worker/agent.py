@@ -41,7 +41,7 @@ async def run_flamenco(
     config: WorkerConfig, stop_event: asyncio.Event, *, single: bool = False, reregister: bool = False
 ) -> int:
     from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
-    from flamenco_deadline_worker.worker import FlamencoWorker
+    from flamenco_deadline_worker.core.worker import FlamencoWorker
 
     log.info(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import shutil
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flamenco_deadline_worker import private, records
-from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
+from flamenco_deadline_worker.core.model import Outcome, Task, TaskStatus, Update
 from flamenco_deadline_worker.runner import containment, process
 from flamenco_deadline_worker.runner.commands import base as commands
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -20,12 +19,6 @@ from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]  # (task id, path of a produced file)
-
-
-class Outcome(str, enum.Enum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ABORTED = "aborted"
 
 
 class TaskReporter:
