@@ -49,8 +49,9 @@ if os.fork() == 0:
 os.wait()
 while not os.path.exists(pid_file):
     time.sleep(0.02)
-with open(pid_file + '.parent', 'w') as f:
+with open(pid_file + '.parent.tmp', 'w') as f:
     f.write(str(os.getpid()))
+os.rename(pid_file + '.parent.tmp', pid_file + '.parent')
 print('escapee running', flush=True)
 if then in ('stay', 'deaf'):
     deadline = time.monotonic() + 600
