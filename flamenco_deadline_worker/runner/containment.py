@@ -66,12 +66,16 @@ class ProcStat:
 
 def proc_stat(pid: int) -> ProcStat | None:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        # The command name is in parentheses and may hold anything: split after its last ')'.
+        fields = data.rsplit(b")", 1)[1].split()
+        return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[19]))
+    except (OSError, ValueError, IndexError):
         return None
-    # The command name is in parentheses and may hold anything: split after its last ')'.
-    fields = text.rsplit(")", 1)[1].split()
-    return ProcStat(pid, fields[0], int(fields[1]), int(fields[2]), int(fields[19]))
 
 
 def all_processes() -> list[ProcStat]:
@@ -223,6 +227,8 @@ class Unit:
         self.cgroup = cgroup
         self.leader: int | None = None
         self.job = containment.current_job
+        self._emptied = False  # a kill found nothing left: close() need not look again
+        self._kept_seen = False
 
     @contextlib.contextmanager
     def forking(self) -> Iterator[None]:
@@ -247,20 +253,22 @@ class Unit:
         finally:
             self.containment.step_out()
 
-    def members(self, *, spare_kept: bool = False) -> list[int]:
+    def members(self, *, spare_kept: bool = False, stats: list[ProcStat] | None = None) -> list[int]:
         """Live processes of the unit, the leader included while it runs; without the job's kept
-        processes (KEEP_VARIABLE, and what they started) when ``spare_kept``."""
-        stats = all_processes()
+        processes (KEEP_VARIABLE, and what they started) when ``spare_kept``.  ``stats``: a /proc
+        scan the caller already has."""
         if self.cgroup is not None:
             found = {pid for pid in cgroup_members(self.cgroup) if pid != os.getpid()}
         else:
+            stats = stats if stats is not None else all_processes()
             found = self._tree_members(stats)
         if spare_kept and found:
-            found -= self._kept(found, stats)
+            found -= self._kept(found, stats if stats is not None else all_processes())
         return sorted(found)
 
     def _kept(self, pids: set[int], stats: list[ProcStat]) -> set[int]:
         roots = {pid for pid in pids if variable_of(pid, KEEP_VARIABLE) == "1"}
+        self._kept_seen = self._kept_seen or bool(roots)
         kept = set(roots)
         for root in roots:
             kept.update(s.pid for s in descendants(root, stats))
@@ -281,7 +289,10 @@ class Unit:
             leader = proc_stat(self.leader)
             if leader is not None and live(leader):
                 found.add(self.leader)
-        found.update(marked(self.tag, stats))
+        if self.containment.mode != "subreaper":
+            # Without the subreaper an escapee leaves the tree: find it by its variable (every
+            # process's environment read: the costly part, so only here).
+            found.update(marked(self.tag, stats))
         found.discard(os.getpid())
         return found
 
@@ -319,9 +330,12 @@ class Unit:
                     return True
                 cgroup_kill_now(self.cgroup)
             else:
-                members = self.members(spare_kept=spare_kept)
-                self.containment.reap_adopted()
+                # One /proc scan a round: the adopted dead are reaped, the living killed.
+                stats = all_processes()
+                self.containment.reap_adopted(stats)
+                members = self.members(spare_kept=spare_kept, stats=stats)
                 if not members:
+                    self._emptied = not spare_kept or not self._kept_seen
                     return True
                 for pid in members:
                     _kill(pid, signal.SIGKILL)
@@ -334,10 +348,18 @@ class Unit:
     def close(self) -> None:
         """The command is over: remove its cgroup and reap what the worker adopted.  A unit whose
         kept processes still run stays known (and its cgroup in place) until they are killed."""
-        self.containment.reap_adopted()
-        if self.members():
-            log.info("processes of job %s kept for its next tasks (%s): %s", self.job, KEEP_VARIABLE,
-                     ", ".join(map(str, self.members())))
+        if self._emptied:
+            left: list[int] = []
+        elif self.cgroup is not None:
+            left = self.members() if cgroup_populated(self.cgroup) else []
+        else:
+            stats = all_processes()
+            self.containment.reap_adopted(stats)
+            left = self.members(stats=stats)
+        if left:
+            if self in self.containment.units:
+                log.info("processes of job %s kept for its next tasks (%s): %s", self.job, KEEP_VARIABLE,
+                         ", ".join(map(str, left)))
             return
         if self.cgroup is not None:
             remove_cgroup_tree(self.cgroup)
@@ -424,14 +446,14 @@ class Containment:
         if self.cgroup_parent is not None:
             remove_cgroup_tree(self.cgroup_parent)
 
-    def reap_adopted(self) -> None:
+    def reap_adopted(self, stats: list[ProcStat] | None = None) -> None:
         """Subreaper mode: collect orphans that were re-parented to the worker and have exited.
 
         Only pids the worker did not spawn itself: those asyncio waits for."""
         if self.mode != "subreaper":
             return
         me = os.getpid()
-        for stat in all_processes():
+        for stat in stats if stats is not None else all_processes():
             if stat.ppid == me and not live(stat) and stat.pid not in self.spawned:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(stat.pid, os.WNOHANG)
