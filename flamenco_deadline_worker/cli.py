@@ -3,8 +3,8 @@
 Exit codes: 0 done (stopped, or sent offline); 1 unexpected error; 2 bad configuration or usage;
 3 the Manager refused this worker's credentials even after registering again; 4 stopped at once by a
 second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks for a restart.
-`flamenco-worker flush`: 0 all delivered, 1 some updates still queued, 2 configuration, 5 the worker is
-running (it delivers its own backlog).
+`flamenco-worker flush`: 0 all delivered (or nothing queued), 1 some updates still queued, 2 configuration,
+5 the worker is running (it delivers its own backlog).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ HOME_CONFIG_NAME = ".flamenco-worker.cfg"
 ENV_PREFIX = "FLAMENCO_WORKER_"
 
 EXIT_CONFIG_ERROR = 2
+# Keys whose command-line flag is not simply --key-name, so error messages name the real flag.
+FLAGS = {"manager_url": "--manager"}
 
 
 class ConfigError(Exception):
@@ -216,9 +218,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     return table
 
 
-def _convert(key: Key, value: Any, source: str) -> Any:
-    """Check (and, for env vars, parse) one value; ConfigError as `source: key: problem`."""
-    if isinstance(value, str) and source.startswith("$") and key.type is not str:
+def _convert(key: Key, value: Any, source: str, from_text: bool = False) -> Any:
+    """Check (and, for text from env vars or --set, parse) one value; ConfigError as `source: key: problem`."""
+    if isinstance(value, str) and from_text and key.type is not str:
         value = _parse_env(key, value, source)
     if key.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -257,6 +259,11 @@ def _parse_env(key: Key, text: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key.name}: cannot read {text!r} as {key.type.__name__}")
 
 
+def parse_text(name: str, text: str, source: str) -> Any:
+    """One value given as text (e.g. `--set KEY=VALUE`), parsed and checked; ConfigError names ``source``."""
+    return _convert(KEYS_BY_NAME[name], text, source, from_text=True)
+
+
 def load(
     *,
     config_files: Sequence[Path] | None = None,
@@ -290,13 +297,13 @@ def load(
     for key in KEYS:
         env_name = ENV_PREFIX + key.name.upper()
         if env_name in environ:
-            values[key.name] = _convert(key, environ[env_name], f"${env_name}")
+            values[key.name] = _convert(key, environ[env_name], f"${env_name}", from_text=True)
             sources[key.name] = f"${env_name}"
 
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        values[name] = _convert(KEYS_BY_NAME[name], value, f"--{name.replace('_', '-')}")
+        values[name] = _convert(KEYS_BY_NAME[name], value, FLAGS.get(name, f"--{name.replace('_', '-')}"))
         sources[name] = "command line"
 
     values["worker_name"] = values["worker_name"] or socket.gethostname()

@@ -122,7 +122,7 @@ class StatusPublisher:
         self.data["state"] = state
         self._write()
         if previous != state:
-            records.worker_status(str(self.data["worker_id"]), state, previous)
+            records.worker_status(str(self.data["worker_id"] or "(not signed on yet)"), state, previous)
         self.notifier.status(self._systemd_status())
 
     def task_started(self, task: Task) -> None:
@@ -137,9 +137,13 @@ class StatusPublisher:
         self.notifier.status(self._systemd_status())
 
     def task_finished(self, task: Task, outcome: str) -> None:
+        self.work_finished(task.id, task.job_id, outcome)
+
+    def work_finished(self, task_id: str, job_id: str, outcome: str) -> None:
+        """One task is done (a Flamenco task, a Deadline taskRun action): counted in tasks_run."""
         self.data["current_task"] = None
         self.data["tasks_run"] = int(self.data["tasks_run"]) + 1
-        self.data["last_task"] = {"id": task.id, "job_id": task.job_id, "outcome": outcome, "ended_at": time.time()}
+        self.data["last_task"] = {"id": task_id, "job_id": job_id, "outcome": outcome, "ended_at": time.time()}
         self._write()
         self.notifier.status(self._systemd_status())
 

@@ -116,7 +116,8 @@ class FlamencoWorker:
         except NotAuthorised as exc:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
-        await self._enter(self.backend_initial_state())
+        if not self.stop_event.is_set():  # stopped before the Manager was reached: no state to report
+            await self._enter(self.backend_initial_state())
         return None
 
     async def abandon_start(self) -> None:
