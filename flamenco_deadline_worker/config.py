@@ -63,6 +63,16 @@ def _log_level(v: Any) -> str | None:
     return None if v.lower() in ok else f"must be one of {', '.join(ok)}"
 
 
+def _containment(v: Any) -> str | None:
+    ok = ("auto", "cgroup", "subreaper", "process-group")
+    return None if v in ok else f"must be one of {', '.join(ok)}"
+
+
+def _absolute_paths(v: Any) -> str | None:
+    relative = [p for p in v if not Path(p).expanduser().is_absolute()]
+    return f"must list absolute paths, not {relative!r}" if relative else None
+
+
 def _url(v: Any) -> str | None:
     if v and not (v.startswith("http://") or v.startswith("https://")):
         return "must start with http:// or https://"
@@ -119,6 +129,12 @@ KEYS: tuple[Key, ...] = (
     Key("no_output_timeout_seconds", float, 0.0,
         "Fail a command printing nothing for this long (0: no limit).", _non_negative),
     Key("job_user", str, "", "Run task processes as this user (empty: as the worker's user)."),
+    Key("file_command_roots", list, [],
+        "Directories (absolute) where make-directory, move-directory and copy-file may act, besides work_dir.",
+        _absolute_paths),
+    Key("process_containment", str, "auto",
+        "How task processes are held: auto, cgroup, subreaper or process-group (the best one that works).",
+        _containment),
     Key("oom_score_adj", int, 500, "oom_score_adj of task processes, so the kernel kills them first.", _oom),
     Key("restart_exit_code", int, 47, "Exit code when the Manager asks the worker to restart.", _exit_code),
     Key("structured_logs", bool, False, "Write the agent log as one JSON object per line."),
@@ -163,6 +179,8 @@ class WorkerConfig:
     command_timeout_seconds: float
     no_output_timeout_seconds: float
     job_user: str
+    file_command_roots: tuple[str, ...]
+    process_containment: str
     oom_score_adj: int
     restart_exit_code: int
     structured_logs: bool
@@ -290,6 +308,7 @@ def load(
 
     values["worker_name"] = values["worker_name"] or socket.gethostname()
     values["task_types"] = tuple(values["task_types"])
+    values["file_command_roots"] = tuple(str(Path(p).expanduser()) for p in values["file_command_roots"])
     values["log_level"] = values["log_level"].lower()
     for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()

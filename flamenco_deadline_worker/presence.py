@@ -42,7 +42,7 @@ def task_log_file(logs_dir: Path, job_id: str, task_id: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o600)
 
 
 def pid_alive(pid: int) -> bool:

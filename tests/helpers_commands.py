@@ -17,6 +17,7 @@ import attrs
 import pytest
 
 from flamenco_deadline_worker.core.model import CommandSpec, DeliveryResult, Head, Task, Update
+from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -86,6 +87,7 @@ class Harness:
         *,
         limits: ProcessLimits | None = None,
         run_as: RunAs | None = None,
+        file_rules: FileRules | None = None,
     ) -> None:
         self.home = home
         self.sink = RecordingSink()
@@ -99,6 +101,8 @@ class Harness:
             run_as=run_as,
             activity_interval=0.0,
             on_output=lambda _task, path: self.outputs.append(path),
+            # File commands in these tests act beside the home, in the test's own tmp_path.
+            file_rules=file_rules or FileRules(roots=(str(home.parent),)),
         )
         self._drain: asyncio.Task[None] | None = None
         self._count = 0

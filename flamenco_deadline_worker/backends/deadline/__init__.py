@@ -51,6 +51,9 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         return not running or running[0].healthy()
 
     async with service_presence(config, stop_event, healthy=healthy) as publisher:
+        from flamenco_deadline_worker import private
+
+        private.touch(config.task_update_queue_db)  # private queue (SQLite's -wal and -shm follow it)
         service = DeadlineService(api, config, publisher, state_file)
         running.append(service)
         publisher.metrics_source = service.metrics
