@@ -23,6 +23,8 @@ from flamenco_deadline_worker.backends.base import (
     WorkerState,
 )
 from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.node_checks import NodeChecks
+from flamenco_deadline_worker.pacing import PermissionPacing, TaskPollPacing
 from flamenco_deadline_worker.presence import StatusPublisher
 from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -85,6 +87,11 @@ class FlamencoWorker:
         self.publisher = StatusPublisher(config)
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
+        self.task_pacing = TaskPollPacing(config.task_poll_interval_seconds, config.task_poll_max_interval_seconds)
+        self._permission: tuple[str, PermissionPacing] | None = None
+        if hasattr(backend, "on_update_delivered"):  # a delivered update counts as a may-i-run probe
+            backend.on_update_delivered = self.update_delivered
+        self.node_checks = NodeChecks.from_config(config)
 
     # ---- entry point -------------------------------------------------------------------------
 
@@ -192,6 +199,8 @@ class FlamencoWorker:
 
     async def _awake_once(self) -> None:
         await self._wait_for_backlog()
+        if not await self._node_ready():
+            return
         outage = Outage("fetching a task")
         while True:
             if self.stop_event.is_set():
@@ -206,8 +215,10 @@ class FlamencoWorker:
             except (ServiceUnavailable, FatalServiceError) as exc:
                 await self._pause(outage.failed(exc))
         if item is None:
-            await self._pause(self.config.task_poll_interval_seconds * random.uniform(0.8, 1.2))
-        elif isinstance(item, StateChange):
+            await self._pause(self.task_pacing.no_task())
+            return
+        self.task_pacing.work_arrived()
+        if isinstance(item, StateChange):
             await self._enter(item.requested)
         elif self.queue.has_undelivered(item.id):
             # The Manager re-sends a task it still thinks is active because our updates (maybe a
@@ -216,6 +227,15 @@ class FlamencoWorker:
             await self.queue.wait_delivered(item.id, FINAL_STATUS_WAIT)
         else:
             await self._run_task(item)
+
+    async def _node_ready(self) -> bool:
+        """Run the pre-task checks; while one fails, say why, fetch nothing and look again later."""
+        problems = await self.node_checks.problems()
+        self.publisher.checks(problems)
+        if not problems:
+            return True
+        await self._pause(self.node_checks.recheck_seconds)
+        return False
 
     async def _wait_for_backlog(self) -> None:
         limit = self.config.queue_backlog_max_bytes
@@ -264,15 +284,23 @@ class FlamencoWorker:
     _pending_state: WorkerState | None = None
 
     async def _watch_permission(self, task: Task, running: asyncio.Future[Outcome]) -> None:
-        """Ask may-i-run while the task runs; abort it when the Manager says no."""
+        """Ask may-i-run while the task runs, when no update went out lately; abort it when the Manager says no."""
+        interval = self.config.may_i_run_interval_seconds
+        pacing = PermissionPacing(interval, 2 * interval)
+        self._permission = (task.id, pacing)
         while not running.done():
-            await asyncio.sleep(self.config.may_i_run_interval_seconds)
+            wait = pacing.wait()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             try:
                 permission = await self.backend.may_keep_running(task.id)
             except (ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
                 # Keep rendering through an outage; the Manager decides once it is back.
                 log.debug("may-i-run for task %s failed: %s", task.id, exc)
+                pacing.asked()
                 continue
+            pacing.asked()
             if permission.may_keep_running:
                 continue
             if permission.state_change_requested:
@@ -282,6 +310,11 @@ class FlamencoWorker:
             self.queue.forget_task(task.id, permission.reason)
             self.runner.abort(f"the Manager said: {permission.reason or 'may not keep running'}")
             return
+
+    def update_delivered(self, task_id: str) -> None:
+        """The Manager accepted an update of ``task_id``: it is still ours, so may-i-run can wait."""
+        if self._permission is not None and self._permission[0] == task_id:
+            self._permission[1].update_delivered()
 
     def task_gone(self, task_id: str, reason: str) -> None:
         """The queue learned the task is no longer ours (409/404 on an update)."""

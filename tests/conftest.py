@@ -34,6 +34,7 @@ DEFAULT_SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "referenc
 # Fast polling so the tests do not wait on the worker's production intervals.
 WORKER_ENV: dict[str, str] = {
     "FLAMENCO_WORKER_TASK_POLL_INTERVAL_SECONDS": "0.2",
+    "FLAMENCO_WORKER_TASK_POLL_MAX_INTERVAL_SECONDS": "0.5",
     "FLAMENCO_WORKER_MAY_I_RUN_INTERVAL_SECONDS": "0.5",
     "FLAMENCO_WORKER_ASLEEP_POLL_INTERVAL_SECONDS": "0.3",
     "FLAMENCO_WORKER_PUSH_LOG_MAX_INTERVAL_SECONDS": "0.2",
@@ -66,20 +67,15 @@ def openapi_spec() -> Path:
 
 
 class RecordingManager(LocalManager):
-    """The local Manager, also keeping (time, method, path) of every worker API request it receives."""
-
-    def __init__(self, validate_against: Path | None = None, seed: int = 0) -> None:
-        super().__init__(validate_against=validate_against, seed=seed)
-        self.requests: list[tuple[float, str, str]] = []
+    """The local Manager (which logs every request it receives), waking wait_for() on every request."""
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests.append((time.monotonic(), request.method, request.path))
         self.changed()  # so that wait_for() can wait on request counts
         return await super()._middleware(request, handler)
 
     def count(self, method: str, path_suffix: str, since: float = 0.0) -> int:
-        return sum(1 for t, m, p in self.requests if t >= since and m == method and p.endswith(path_suffix))
+        return self.count_requests(method, path_suffix, since)
 
     def the_worker(self) -> WorkerRecord:
         """The one registered worker (the latest, when it registered again)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from types import FrameType
@@ -62,8 +61,9 @@ def main(adaptor: type[Adaptor] | str, argv: list[str], prog: str) -> int:
     spec = adaptor if isinstance(adaptor, str) else None
     if args.command == "daemon":
         from . import client, daemon
+        from .location import connection_file_path
 
-        cf = os.path.abspath(args.connection_file)
+        cf = connection_file_path(args.connection_file)
         if args.daemon_command == "stop":
             return client.stop(cf)
         if spec is None:

@@ -28,6 +28,7 @@ from types import FrameType
 
 from ..atomicfile import write_atomic
 from . import client, output
+from .location import connection_file_path
 from .protocol import (
     EXIT_FAILED,
     EXIT_OK,
@@ -320,7 +321,7 @@ def start_daemon(
     startup_timeout: float = 120.0,
 ) -> int:
     """Spawn the daemon, wait until it listens, run ``on_start`` through it; returns the exit code."""
-    connection_file = os.path.abspath(connection_file)
+    connection_file = connection_file_path(connection_file)
     if os.path.exists(connection_file):
         pong = client.ping(connection_file)
         if pong is not None:

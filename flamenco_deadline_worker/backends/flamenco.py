@@ -9,7 +9,7 @@ import platform
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -143,6 +143,8 @@ class FlamencoBackend:
         self._session: aiohttp.ClientSession | None = None
         self.initial_state = WorkerState.AWAKE
         self._loaded = False
+        # Told the task id whenever the Manager accepts a task update (the worker's may-i-run pacing).
+        self.on_update_delivered: Callable[[str], None] | None = None
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -322,6 +324,8 @@ class FlamencoBackend:
             # Credentials can be fixed (re-registration); the update must survive that.
             return DeliveryResult(Delivery.RETRY, reason=str(exc))
         if resp.status in (200, 204):
+            if self.on_update_delivered is not None:
+                self.on_update_delivered(update.task_id)
             return DeliveryResult.delivered()
         if resp.status in (404, 409):
             return DeliveryResult(Delivery.TASK_GONE, reason=await error_text(resp))
