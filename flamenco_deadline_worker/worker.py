@@ -234,6 +234,13 @@ class FlamencoWorker:
         self.publisher.checks(problems)
         if not problems:
             return True
+        # Fetching no task also means hearing of no state change: ask for that instead, which
+        # also keeps the Manager seeing this worker.
+        with contextlib.suppress(ServiceUnavailable, FatalServiceError, NotAuthorised):
+            wanted = await self.backend.requested_state()
+            if wanted is not None and wanted is not self.state:
+                await self._enter(wanted)
+                return False
         await self._pause(self.node_checks.recheck_seconds)
         return False
 

@@ -262,21 +262,27 @@ class WorkerStarter:
 
     async def start(
         self,
-        manager_url: str,
+        manager_url: str | None,
         home: Path | None = None,
         *args: str,
         env: Mapping[str, str] | None = None,
-        name: str = "e2e-worker",
+        name: str | None = "e2e-worker",
+        default_timing: bool = False,
     ) -> WorkerProcess:
+        """``manager_url`` None: no --manager (the worker searches); ``name`` None: no name variable set;
+        ``default_timing``: the worker's own intervals instead of the fast WORKER_ENV ones."""
         home = home or self.root / "home"
         home.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
-        full_env.update(WORKER_ENV)
-        full_env["FLAMENCO_WORKER_WORKER_NAME"] = name
+        if not default_timing:
+            full_env.update(WORKER_ENV)
+        if name is not None:
+            full_env["FLAMENCO_WORKER_WORKER_NAME"] = name
         full_env.update(env or {})
         output = home / f"worker-output-{len(self.started) + 1}.txt"
+        manager_args = ["--manager", manager_url] if manager_url is not None else []
         argv: Sequence[str] = [
-            *worker_executable(), "--manager", manager_url, "--home", str(home),
+            *worker_executable(), *manager_args, "--home", str(home),
             "--config", str(self.empty_config), *args,
         ]
         with output.open("wb") as out:

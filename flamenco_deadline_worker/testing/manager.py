@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from aiohttp import web
@@ -105,8 +105,7 @@ class SsdpResponder(asyncio.DatagramProtocol):
         self.searches = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         from flamenco_deadline_worker.backends.flamenco_discovery import SERVICE_TYPE, parse_headers
