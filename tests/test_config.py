@@ -105,7 +105,7 @@ def test_cli_without_manager_url_searches_and_says_how_to_set_it(tmp_path: Path)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
-        env["FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS"] = "127.0.0.1:%d" % silent.getsockname()[1]
+        env["FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS"] = f"127.0.0.1:{silent.getsockname()[1]}"
         env["FLAMENCO_WORKER_MANAGER_DISCOVERY_TIMEOUT_SECONDS"] = "1.5"
         proc = subprocess.run(
             [sys.executable, "-m", "flamenco_deadline_worker", "--config", str(REPO / "worker.cfg.example"),

@@ -53,7 +53,7 @@ async def test_finds_the_local_manager_through_its_responder() -> None:
 async def test_nothing_answers_fails_with_a_clear_message_after_the_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        address = "127.0.0.1:%d" % silent.getsockname()[1]
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
         with pytest.raises(DiscoveryFailed) as failed:
             await discover_manager(address, timeout=1.5)

@@ -32,7 +32,7 @@ def test_task_poll_waits_grow_from_first_to_longest() -> None:
     pacing = TaskPollPacing(2.0, 20.0, uniform=lambda low, high: (low + high) / 2)
     waits = [pacing.no_task() for _ in range(10)]
     assert waits[0] == pytest.approx(1.8)  # 2 s with only downward jitter
-    assert all(a < b for a, b in zip(waits[:6], waits[1:7])), waits
+    assert all(a < b for a, b in zip(waits[:6], waits[1:7], strict=True)), waits
     assert waits[-1] == pytest.approx(22.0)  # 20 s with only upward jitter
     assert sum(waits[:6]) < 60, "the backoff reaches its top within the first idle minute"
 
@@ -101,5 +101,5 @@ def test_silent_task_is_asked_about_every_interval() -> None:
         if pacing.wait() == 0.0:
             asked_at.append(clock.now)
             pacing.asked()
-    gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
+    gaps = [b - a for a, b in zip(asked_at[:-1], asked_at[1:], strict=True)]
     assert gaps and all(g == pytest.approx(5.0) for g in gaps)
