@@ -106,8 +106,9 @@ KEYS: tuple[Key, ...] = (
     Key("task_update_queue_db", str, "flamenco-worker.db", "SQLite file of the durable update queue."),
     Key("logs_dir", str, "flamenco-worker-logs", "Directory for the agent log and per-task logs."),
     Key("work_dir", str, "flamenco-worker-tasks", "Directory holding a working directory per task."),
-    Key("may_i_run_interval_seconds", float, 5.0, "How often to ask whether the running task may go on.",
-        _positive),
+    Key("may_i_run_interval_seconds", float, 5.0,
+        "Ask may-i-run after this long without contact about the running task (a delivered update counts; "
+        "asked at least every twice this).", _positive),
     Key("task_poll_interval_seconds", float, 2.0,
         "First wait when the Manager has no task; each empty answer waits longer (jitter added).", _positive),
     Key("task_poll_max_interval_seconds", float, 20.0,

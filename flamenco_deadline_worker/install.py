@@ -526,7 +526,7 @@ def _validate(args: argparse.Namespace) -> str | None:
     try:
         config = cfg.load(config_files=[], home=Path("/nonexistent-flamenco-worker-home"),
                           overrides=overrides, environ=env)
-        cfg.require_manager(config)
+        cfg.require_manager(config, discovery=True)  # no --manager: the worker finds it by UPnP/SSDP
     except cfg.ConfigError as exc:
         return str(exc)
     return None

@@ -140,3 +140,23 @@ def test_save_keys_creates_a_new_file(tmp_path: Path) -> None:
     save_keys(path, {"worker_id": "a", "worker_secret": "b"})
     assert cfg.read_toml(path) == {"worker_id": "a", "worker_secret": "b"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_flamenco_3_name_variable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = cfg.load(config_files=[], home=tmp_path, environ={"FLAMENCO_WORKER_NAME": "node-7"})
+    assert (short.worker_name, short.source_of("worker_name")) == ("node-7", "$FLAMENCO_WORKER_NAME")
+    both = {"FLAMENCO_WORKER_NAME": "node-7", "FLAMENCO_WORKER_WORKER_NAME": "node-8"}
+    with caplog.at_level(logging.WARNING):
+        long = cfg.load(config_files=[], home=tmp_path, environ=both)
+    assert long.worker_name == "node-8"
+    assert "$FLAMENCO_WORKER_WORKER_NAME and $FLAMENCO_WORKER_NAME differ; using" in caplog.text
+
+
+def test_discovery_address_is_checked(tmp_path: Path) -> None:
+    env = {"FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS": "239.255.255.250"}
+    with pytest.raises(cfg.ConfigError) as bad:
+        cfg.load(config_files=[], home=tmp_path, environ=env)
+    assert str(bad.value) == (
+        "$FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS: manager_discovery_address: must be HOST:PORT, "
+        "e.g. 239.255.255.250:1900, got '239.255.255.250'"
+    )

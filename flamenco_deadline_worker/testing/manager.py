@@ -566,10 +566,15 @@ class LocalManager(Farm):
         return web.json_response([self._registered_worker_json(w) for w in self.workers.values()])
 
 
-async def _serve(host: str, port: int, validate_against: Path | None, seed: int) -> None:
+async def _serve(host: str, port: int, validate_against: Path | None, seed: int, ssdp: str | None) -> None:
     manager = LocalManager(validate_against=validate_against, seed=seed)
     url = await manager.start(host, port)
     print(f"Local Flamenco manager listening on {url}", flush=True)
+    if ssdp is not None:
+        ssdp_host, _, ssdp_port = ssdp.rpartition(":")
+        address = await manager.start_ssdp(ssdp_host, int(ssdp_port))
+        print(f"answering UPnP/SSDP searches on {address} (FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS={address})",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -586,9 +591,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--validate-against", type=Path, help="OpenAPI spec to check requests against")
     parser.add_argument("--seed", type=int, default=0, help="seed for ids and injected faults")
+    parser.add_argument("--ssdp", metavar="HOST:PORT",
+                        help="also answer UPnP/SSDP searches on this unicast UDP address, e.g. 127.0.0.1:1900")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.validate_against, args.seed))
+    asyncio.run(_serve(args.host, args.port, args.validate_against, args.seed, args.ssdp))
 
 
 if __name__ == "__main__":
