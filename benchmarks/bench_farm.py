@@ -109,6 +109,13 @@ async def run(args: argparse.Namespace) -> int:
         await manager.wait_for(lambda: manager.job(job_id).status in ("completed", "failed"), 3600)
         elapsed = time.monotonic() - since
         requests = manager.count_requests(since=since)
+        kinds = {
+            "task requests": manager.count_requests("POST", "/worker/task", since),
+            "task updates": sum(manager.count_requests("POST", f"/task/{t.id}", since)
+                                for t in manager.job_tasks(job_id)),
+            "may-i-run": manager.count_requests("GET", "/may-i-run", since),
+        }
+        kinds["other"] = requests - sum(kinds.values())
         tasks = manager.job_tasks(job_id)
         thr_pickup = pickups(manager, tasks)
         lost = [t.name for t in tasks if t.status != "completed" or f"bench task {int(t.name[1:])}\n" not in t.log]
@@ -152,8 +159,9 @@ async def run(args: argparse.Namespace) -> int:
               f"{F3_NO_TASK_WAIT / (args.workers + 1):>9.2f} / {F3_NO_TASK_WAIT * 1.1:.0f} (**)")
     print(f"{'after a task, next request':44}{'at once':>14}{F3_AFTER_TASK:>14.0f} s")
     print("(*) upper bound from its constants: workers / (task + 5 s); (**) expected median and worst case")
-    print(f"\nthroughput phase: {elapsed:.1f} s, {requests} requests; idle phase: {idle_requests} requests "
-          f"from {args.workers} workers in {args.idle:g} s")
+    print(f"\nthroughput phase: {elapsed:.1f} s, {requests} requests "
+          f"({', '.join(f'{n} {kind}' for kind, n in kinds.items())}); "
+          f"idle phase: {idle_requests} requests from {args.workers} workers in {args.idle:g} s")
     print(f"worker exit codes: {sorted(set(codes))}; undelivered updates left in queues: {left}; "
           f"tasks incomplete or missing their line: {len(lost)}")
     ok = not lost and left == 0 and set(codes) == {0}

@@ -66,6 +66,19 @@ async def start_child_task(
     return worker, task, pid
 
 
+async def until_quiet(task: Any, quiet_for: float = 2.0) -> None:
+    """Wait until no update of ``task`` has arrived for ``quiet_for`` seconds: its start-up lines are in."""
+    seen, since = -1, time.monotonic()
+
+    def quiet() -> bool:
+        nonlocal seen, since
+        if len(task.updates) != seen:
+            seen, since = len(task.updates), time.monotonic()
+        return time.monotonic() - since >= quiet_for
+
+    await wait_until(quiet, LONG_TIMEOUT, "no task update for a while")
+
+
 async def seconds_until_gone(pid: int) -> float:
     started = time.monotonic()
     await wait_until(lambda: not pid_alive(pid), LONG_TIMEOUT, f"child {pid} is gone")
@@ -78,6 +91,7 @@ async def test_reassigned_task_printing_output_is_gone_within_2_s(
     worker, task, pid = await start_child_task(manager, workers, tmp_path, child_pids, "chatty")
     manager.reassign_task(task.id, to_other_worker=True)
     gone_after = await seconds_until_gone(pid)
+    print(f"chatty child gone {gone_after:.2f} s after its task was reassigned")
     assert gone_after < 2.0, f"the child lived {gone_after:.2f} s after its task was reassigned"
     assert any(u.answer == 409 for u in task.rejected_updates), "its next update was answered 409"
     assert task.worker_id == FAKE_OTHER_WORKER
@@ -88,8 +102,10 @@ async def test_reassigned_silent_task_is_gone_within_8_s(
     manager: RecordingManager, workers: WorkerStarter, tmp_path: Path, child_pids: list[int]
 ) -> None:
     worker, task, pid = await start_child_task(manager, workers, tmp_path, child_pids, "silent")
+    await until_quiet(task)  # no update left to be answered 409: only may-i-run can tell
     manager.reassign_task(task.id, to_other_worker=True)
     gone_after = await seconds_until_gone(pid)
+    print(f"silent child gone {gone_after:.2f} s after its task was reassigned")
     assert gone_after < 8.0, f"the child lived {gone_after:.2f} s after its task was reassigned"
     assert await worker.stop() == 0
 
@@ -103,6 +119,7 @@ async def test_canceled_task_printing_output_is_still_stopped_by_may_i_run(
     manager.cancel_task(task.id)
     gone_after = await seconds_until_gone(pid)
     # may-i-run goes out at least every 2 x may_i_run_interval_seconds (10 s), whatever the updates.
+    print(f"chatty child gone {gone_after:.2f} s after its task was canceled")
     assert gone_after < 13.0, f"the child lived {gone_after:.2f} s after its task was canceled"
     assert manager.count("GET", "/may-i-run", since) >= 1
     assert await worker.stop() == 0
@@ -119,6 +136,7 @@ async def test_picks_up_new_work_within_2_s_of_finishing_a_task(
     (task,) = manager.job_tasks(second)
     await until(manager, lambda: task.worker_id is not None, LONG_TIMEOUT, worker)
     picked_after = time.monotonic() - submitted
+    print(f"new work picked up {picked_after:.2f} s after it was queued")
     # At most the first 2 s wait after the empty answer, plus one request.
     assert picked_after < 2.3, f"new work was picked up {picked_after:.2f} s after it was queued"
     await until(manager, lambda: manager.job(second).status == "completed", LONG_TIMEOUT, worker)
@@ -136,6 +154,7 @@ async def test_idle_worker_sends_at_most_3_requests_a_minute(
     since = time.monotonic()
     await asyncio.sleep(60)
     sent = manager.count_requests(since=since, worker_id=record.id)
+    print(f"an idle worker sent {sent} request(s) in its second idle minute")
     assert 1 <= sent <= 3, f"an idle worker sent {sent} requests in a minute"
     assert worker.returncode is None
     assert await worker.stop() == 0
