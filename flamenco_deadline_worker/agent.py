@@ -54,7 +54,7 @@ def adaptor_connection_env(config: WorkerConfig) -> dict[str, str]:
     import os
     import shutil
 
-    from flamenco_deadline_worker.adaptor.location import CONNECTION_DIR_ENV
+    from flamenco_deadline_worker.adaptor.protocol import CONNECTION_DIR_ENV
 
     directory = config.home / ADAPTOR_CONNECTIONS_DIR
     try:
@@ -88,7 +88,7 @@ async def run_flamenco(
     if not config.manager_url:
         found = await find_manager(config, stop_event)
         if found is None:
-            return EXIT_NO_MANAGER
+            return 0 if stop_event.is_set() else EXIT_NO_MANAGER
         config = attrs.evolve(config, manager_url=found)
     log.info(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +174,17 @@ async def test_worker_without_manager_url_finds_it_by_ssdp(
     assert manager.ssdp_responder is not None and manager.ssdp_responder.searches >= 1
     assert f"found Flamenco Manager Local test Manager 3.5-local at {manager.url}/" in worker.agent_log_text()
     assert await worker.stop() == 0
+
+
+async def test_sigterm_while_searching_exits_cleanly(workers: WorkerStarter) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        worker = await workers.start(None, env={
+            "FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS": f"127.0.0.1:{silent.getsockname()[1]}",
+            "FLAMENCO_WORKER_MANAGER_DISCOVERY_TIMEOUT_SECONDS": "300",
+        })
+        await worker.wait_log("searching for a Flamenco Manager by UPnP/SSDP at 127.0.0.1:")
+        assert await worker.stop() == 0
 
 
 # ---- pre-task checks -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from types import FrameType
 
 from .. import __version__
 from .adaptor import Adaptor
-from .protocol import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROTOCOL_VERSION
+from .protocol import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROTOCOL_VERSION, connection_file_path
 
 DATA_HELP = "JSON or YAML, inline or file://path"
 
@@ -61,7 +61,6 @@ def main(adaptor: type[Adaptor] | str, argv: list[str], prog: str) -> int:
     spec = adaptor if isinstance(adaptor, str) else None
     if args.command == "daemon":
         from . import client, daemon
-        from .location import connection_file_path
 
         cf = connection_file_path(args.connection_file)
         if args.daemon_command == "stop":

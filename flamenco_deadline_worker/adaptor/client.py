@@ -14,8 +14,16 @@ import signal
 import sys
 from types import FrameType
 
-from .location import connection_file_path
-from .protocol import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, LineReader, encode, peer_uid
+from .protocol import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    LineReader,
+    connection_file_path,
+    encode,
+    peer_uid,
+)
 
 
 class DaemonUnavailable(Exception):

@@ -28,7 +28,6 @@ from types import FrameType
 
 from ..atomicfile import write_atomic
 from . import client, output
-from .location import connection_file_path
 from .protocol import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,6 +35,7 @@ from .protocol import (
     EXIT_USAGE,
     PROTOCOL_VERSION,
     LineReader,
+    connection_file_path,
     encode,
     peer_uid,
 )

@@ -1,4 +1,4 @@
-"""Where an adaptor's connection file lives (adaptor/location.py)."""
+"""Where an adaptor's connection file lives (adaptor/protocol.py: connection_file_path)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flamenco_deadline_worker.adaptor.location import CONNECTION_DIR_ENV, connection_file_path
+from flamenco_deadline_worker.adaptor.protocol import CONNECTION_DIR_ENV, connection_file_path
 
 
 def test_relative_names_go_to_the_workers_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
