@@ -83,7 +83,8 @@ async def run_flamenco(
     config: WorkerConfig, stop_event: asyncio.Event, *, single: bool = False, reregister: bool = False
 ) -> int:
     from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
-    from flamenco_deadline_worker.worker import FlamencoWorker
+    from flamenco_deadline_worker.core.worker import FlamencoWorker
+    from flamenco_deadline_worker.node_checks import NodeChecks
 
     if not config.manager_url:
         found = await find_manager(config, stop_event)
@@ -113,6 +114,7 @@ async def run_flamenco(
     )
     worker = FlamencoWorker(config, backend, queue, runner, single=single)
     worker.stop_event = stop_event
+    worker.node_checks = NodeChecks.from_config(config)
     drain = asyncio.ensure_future(queue.run_drain())
     async with service_presence(config, stop_event, healthy=lambda: not drain.done()) as publisher:
         worker.publisher = publisher

@@ -128,6 +128,9 @@ KEYS: tuple[Key, ...] = (
         "No new task is fetched while undelivered updates exceed this size.", _positive),
     Key("shutdown_flush_seconds", float, 10.0, "How long shutdown tries to deliver queued updates.",
         _non_negative),
+    Key("update_timeout_seconds", float, 60.0,
+        "How long a task update may take; after a timeout it is sent again with twice as long (up to 10 min).",
+        _positive),
     Key("kill_grace_seconds", float, 10.0, "Time between SIGTERM and SIGKILL when a task is aborted.",
         _non_negative),
     Key("command_timeout_seconds", float, 0.0, "Fail a command running longer than this (0: no limit).",
@@ -180,6 +183,7 @@ class WorkerConfig:
     push_act_max_interval_seconds: float
     queue_backlog_max_bytes: int
     shutdown_flush_seconds: float
+    update_timeout_seconds: float
     kill_grace_seconds: float
     command_timeout_seconds: float
     no_output_timeout_seconds: float

@@ -1,4 +1,4 @@
-"""The pacing policy (pacing.py) with a fake clock and chosen random numbers: no sleeps."""
+"""The pacing policy (core/pacing.py) with a fake clock and chosen random numbers: no sleeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from flamenco_deadline_worker.pacing import PermissionPacing, TaskPollPacing
+from flamenco_deadline_worker.core.pacing import PermissionPacing, TaskPollPacing
 
 
 def lowest(low: float, high: float) -> float:
@@ -103,3 +103,13 @@ def test_silent_task_is_asked_about_every_interval() -> None:
             pacing.asked()
     gaps = [b - a for a, b in zip(asked_at[:-1], asked_at[1:], strict=True)]
     assert gaps and all(g == pytest.approx(5.0) for g in gaps)
+
+
+def test_update_time_from_the_backend_counts_as_contact() -> None:
+    clock = FakeClock()
+    pacing = PermissionPacing(5.0, 10.0, clock=clock)
+    clock.advance(4.0)
+    pacing.update_delivered_at(clock.now - 1.0)
+    assert pacing.wait() == pytest.approx(4.0)  # 5 s after the update
+    pacing.update_delivered_at(0.0)  # an older time (another task's update) changes nothing
+    assert pacing.wait() == pytest.approx(4.0)  # 5 s after the update

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
+from flamenco_deadline_worker.core.model import Outcome, Task, TaskStatus, Update
 from flamenco_deadline_worker.runner import process
 from flamenco_deadline_worker.runner.commands import base as commands
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -21,12 +20,6 @@ from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]  # (task id, path of a produced file)
-
-
-class Outcome(str, enum.Enum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ABORTED = "aborted"
 
 
 class TaskReporter:

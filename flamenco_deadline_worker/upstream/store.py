@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -62,6 +63,7 @@ class UpdateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._tx = asyncio.Lock()  # one transaction at a time on the shared connection
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,15 +131,16 @@ class UpdateStore:
     async def insert(self, rows: Iterable[tuple[str, float, int, str]]) -> None:
         """Insert (task_id, created, nbytes, payload) rows in one transaction."""
         db = self.db
-        await db.execute("BEGIN")
-        try:
-            await db.executemany(
-                "INSERT INTO updates (task_id, created, nbytes, payload) VALUES (?, ?, ?, ?)", rows
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        async with self._tx:
+            await db.execute("BEGIN")
+            try:
+                await db.executemany(
+                    "INSERT INTO updates (task_id, created, nbytes, payload) VALUES (?, ?, ?, ?)", rows
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
 
     async def heads(self, limit: int = 200) -> list[tuple[str, int]]:
         """The oldest row id of each task with updates, oldest first."""
@@ -169,3 +172,25 @@ class UpdateStore:
         async with self.db.execute(sql) as cur:
             row: Any = await cur.fetchone()
         return Backlog(int(row[0]), int(row[1]), row[2])
+
+    async def consume(self, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        """Delete delivered rows and rewrite a partly delivered one to its rest, in one transaction."""
+        if not ids and rest is None:
+            return
+        db = self.db
+        async with self._tx:
+            await self._consume(db, ids, rest)
+
+    async def _consume(self, db: aiosqlite.Connection, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        await db.execute("BEGIN")
+        try:
+            if ids:
+                marks = ",".join("?" * len(ids))
+                await db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
+            if rest is not None:
+                row_id, payload, nbytes = rest
+                await db.execute("UPDATE updates SET payload = ?, nbytes = ? WHERE id = ?", (payload, nbytes, row_id))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise

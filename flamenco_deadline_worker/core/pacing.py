@@ -74,6 +74,10 @@ class PermissionPacing:
     def update_delivered(self) -> None:
         self._last_contact = self._clock()
 
+    def update_delivered_at(self, when: float) -> None:
+        """An update was accepted at ``when`` (the clock's time; earlier contacts change nothing)."""
+        self._last_contact = max(self._last_contact, when)
+
     def asked(self) -> None:
         """May-i-run was asked (whatever the answer, or none: then ask again after ``interval``)."""
         now = self._clock()
