@@ -11,6 +11,7 @@ from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.presence import service_presence
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
+from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ async def run_flamenco(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",
         __version__, config.manager_url, config.home, config.task_update_queue_db,
     )
+    try:
+        home_lock = HomeLock.acquire(config.home)  # one worker per home, for this run's whole life
+    except HomeError as exc:
+        log.error("%s", exc)
+        return 2
     backend = FlamencoBackend(config, reregister=reregister)
     queue = TaskUpdateQueue(
         config.task_update_queue_db,
@@ -68,3 +74,4 @@ async def run_flamenco(
                 await drain
             await queue.close()
             await backend.close()
+            home_lock.release()

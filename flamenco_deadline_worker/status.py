@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker.presence import pid_alive, state_file
+from flamenco_deadline_worker.upstream import homelock
 
 if TYPE_CHECKING:
     from flamenco_deadline_worker.config import WorkerConfig
@@ -75,7 +76,13 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         except (OSError, ValueError) as exc:
             saved = {"error": f"cannot read {path}: {exc}"}
     pid = int(saved.get("pid") or 0)
-    running = saved.get("state") != "stopped" and pid_alive(pid)
+    held_by = homelock.holder(config.home)
+    if held_by is not None:
+        running, pid = True, held_by or pid  # the home lock is the authority while it is held
+    elif homelock.lock_path(config.home).exists():
+        running = False  # a worker that takes the lock has stopped; the pid may be someone else's now
+    else:
+        running = saved.get("state") != "stopped" and pid_alive(pid)
     state = saved.get("state", "never started") if running else "not running"
     if saved and not running:
         state = f"not running (last state: {saved.get('state', 'unknown')})"
@@ -201,11 +208,24 @@ def flush_main(argv: Sequence[str]) -> int:
         print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
     logs.setup(level=config.log_level if not args.verbose else "debug", secrets=[config.worker_secret])
-    info = collect(config)
-    if info["running"]:
-        print(f"flamenco-worker flush: the worker is running (pid {info['pid']}) and delivers its own updates; "
-              "stop it first (e.g. systemctl stop flamenco-worker) to flush by hand.", file=sys.stderr)
+    try:
+        # Held while flushing: a worker started meanwhile waits its turn instead of draining the same queue.
+        home_lock = homelock.HomeLock.acquire(config.home)
+    except homelock.HomeLocked as exc:
+        print(f"flamenco-worker flush: the worker is running (pid {exc.pid or 'unknown'}, home {config.home}) and "
+              "delivers its own updates; stop it first (e.g. systemctl stop flamenco-worker) to flush by hand.",
+              file=sys.stderr)
         return EXIT_WORKER_RUNNING
+    except homelock.HomeError as exc:
+        print(f"flamenco-worker flush: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _flush_locked(config, args.timeout)
+    finally:
+        home_lock.release()
+
+
+def _flush_locked(config: WorkerConfig, timeout: float) -> int:
     if config.backend != "flamenco":
         print(f"flamenco-worker flush: backend {config.backend!r} is not supported yet; start the worker "
               "instead, it delivers its backlog first.", file=sys.stderr)
@@ -214,7 +234,7 @@ def flush_main(argv: Sequence[str]) -> int:
         print(f"flamenco-worker flush: no worker credentials in {config.home_config}; nothing can be delivered "
               "without them.", file=sys.stderr)
         return EXIT_NOT_ALL_DELIVERED
-    return asyncio.run(_flush(config, args.timeout))
+    return asyncio.run(_flush(config, timeout))
 
 
 async def _flush(config: WorkerConfig, timeout: float) -> int:

@@ -38,6 +38,13 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
         return 2
     from flamenco_deadline_worker.presence import service_presence
+    from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
+
+    try:
+        home_lock = HomeLock.acquire(config.home)  # one worker per home; freed when this run returns
+    except HomeError as exc:
+        log.error("%s", exc)
+        return 2
 
     # botocore's own debug logging prints whole answers, credentials included: never let it through.
     for name in ("botocore", "urllib3"):
@@ -107,6 +114,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
             return publisher.exit_code
         finally:
             api.close()
+            home_lock.release()
     return EXIT_FATAL  # not reached: the block above returns
 
 
