@@ -125,6 +125,7 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     try:
         config = load_config(args)
         cfg.require_manager(config)
+        cfg.check_paths(config)
     except cfg.ConfigError as exc:
         print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
@@ -149,6 +150,9 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
         return asyncio.run(_run_worker(args, config))
     except KeyboardInterrupt:
         return EXIT_FORCED
+    except cfg.ConfigError as exc:  # found only once running, e.g. a queue file that cannot be opened
+        log.error("configuration error: %s", exc)
+        return cfg.EXIT_CONFIG_ERROR
     except Exception:
         log.exception("the worker stopped on an unexpected error")
         return EXIT_ERROR
