@@ -165,6 +165,18 @@ class FlamencoBackend:
         ctx.load_verify_locations(self.config.tls_ca_file)
         return ctx
 
+    def _tls_problem(self, exc: aiohttp.ClientConnectorCertificateError) -> str:
+        """What is wrong with the Manager's certificate, and what to do about it."""
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", "") or str(cert_error)
+        if getattr(cert_error, "verify_code", None) in (62, 64):  # X509_V_ERR_HOSTNAME_/IP_ADDRESS_MISMATCH
+            advice = "use the host name the certificate was issued for in manager_url"
+        else:
+            trusted = f"tls_ca_file {self.config.tls_ca_file} and " if self.config.tls_ca_file else ""
+            advice = (f"it is not signed by a CA in {trusted}the system store; set tls_ca_file to the CA that "
+                      "signed it")
+        return f"TLS certificate refused ({reason}): {advice}; nothing is sent to an unverified Manager"
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -191,6 +203,9 @@ class FlamencoBackend:
         try:
             resp = await self.session.request(method, url, json=json, headers=headers, **kwargs)
             await resp.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable(f"{method} {url}: {self._tls_problem(exc)}") from None
         except CONNECTION_ERRORS as exc:
             records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
             raise ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
