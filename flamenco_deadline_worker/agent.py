@@ -62,6 +62,7 @@ async def run_flamenco(
     drain = asyncio.ensure_future(queue.run_drain())
     async with service_presence(config, stop_event, healthy=lambda: not drain.done()) as publisher:
         worker.publisher = publisher
+        queue.on_problem = publisher.queue_problem
         publisher.metrics_source = lambda: {
             "queue_backlog_bytes": queue.backlog_bytes, "delivered_updates": queue.delivered_updates,
         }

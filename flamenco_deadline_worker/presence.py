@@ -143,6 +143,12 @@ class StatusPublisher:
         self._write()
         self.notifier.status(self._systemd_status())
 
+    def queue_problem(self, problem: str | None) -> None:
+        """The update queue cannot be written (e.g. a full disk), or None once it can again."""
+        self.data["queue_problem"] = problem
+        self._write()
+        self.notifier.status(f"{self.data['state']}: {problem}" if problem else self._systemd_status())
+
     def stopping(self, why: str) -> None:
         """Shutdown begins (first call only): STOPPING=1 for systemd."""
         if self._stopping:

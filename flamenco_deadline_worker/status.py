@@ -95,6 +95,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         "pid": pid if running else None,
         "state": state,
         "current_task": saved.get("current_task") if running else None,
+        "queue_problem": saved.get("queue_problem") if running else None,
         "last_task": saved.get("last_task"),
         "tasks_run": saved.get("tasks_run"),
         "state_updated_at": saved.get("updated_at"),
@@ -146,6 +147,8 @@ def render(info: dict[str, Any]) -> str:
         )
         if backlog["note"]:
             lines.append(f"              ({backlog['note']})")
+    if info.get("queue_problem"):
+        lines.append(f"QUEUE PROBLEM: {info['queue_problem']}")
     lines += [
         f"queue file:   {info['queue_db']}",
         f"agent log:    {info['logs']['agent']}",

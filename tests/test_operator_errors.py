@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,15 @@ def test_config_mistake_exits_2_naming_file_and_key(tmp_path: Path, name: str) -
 
 
 @pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    target = tmp_path / "ro"
-    target.mkdir()
+def read_only_dir() -> Iterator[Path]:
+    # Outside tmp_path, which another pytest session of the same user may prune meanwhile.
+    target = Path(tempfile.mkdtemp(prefix="fdw-read-only-"))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], check=True)
     try:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], check=True)
+        target.rmdir()
 
 
 @needs_root

@@ -221,8 +221,13 @@ async def run_process(
     limits: ProcessLimits | None = None,
     run_as: RunAs | None = None,
     on_spawn: Callable[[ChildProcess], Awaitable[None] | None] | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Run a child to its end, handing each output line to ``on_line``; returns its exit code.
+
+    ``pace`` is awaited after each read (e.g. the update queue's ``room``): while it waits, the
+    child's output stays in its pipe and the child blocks on a full pipe, instead of the worker
+    buffering without bound.  A paused read does not count as the child being silent.
 
     Cancelling this coroutine kills the child's whole process group (SIGTERM, grace, SIGKILL)
     before the cancellation propagates.  A hang guard raises ProcessTimeout after the same kill.
@@ -245,6 +250,8 @@ async def run_process(
                 break
             child.last_output = time.monotonic()
             splitter.feed(data)
+            if pace is not None:
+                await _paced(pace, child)
         splitter.close()
 
     pump_task = asyncio.ensure_future(pump())
@@ -266,6 +273,18 @@ async def run_process(
     # The child is gone; kill anything it left behind in its group (daemonised helpers etc.).
     child.signal_group(signal.SIGKILL)
     return returncode
+
+
+async def _paced(pace: Callable[[], Awaitable[None]], child: ChildProcess) -> None:
+    waiting = asyncio.ensure_future(pace())
+    try:
+        while not waiting.done():
+            # Paused by us, not silent: keep the no-output guard from firing meanwhile.
+            child.last_output = time.monotonic()
+            await asyncio.wait({waiting}, timeout=0.25)
+    finally:
+        waiting.cancel()
+    child.last_output = time.monotonic()
 
 
 def _next_guard_timeout(limits: ProcessLimits, started: float, last_output: float) -> float | None:

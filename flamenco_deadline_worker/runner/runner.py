@@ -148,6 +148,8 @@ class CommandContext:
         self.reporter: commands.Reporter = reporter
         self.limits = limits
         self.run_as = run_as
+        # Reading pauses while the queue's log buffer is full (a slow or full disk): see process.run_process.
+        self.pace = reporter.queue.room
 
     async def run_process(
         self,
@@ -168,7 +170,8 @@ class CommandContext:
         reporter.log(f"$ {' '.join(argv)}")
         try:
             code = await process.run_process(
-                argv, handler, cwd=cwd or self.workdir, env=env, limits=self.limits, run_as=self.run_as
+                argv, handler, cwd=cwd or self.workdir, env=env, limits=self.limits, run_as=self.run_as,
+                pace=self.pace,
             )
         except process.ProcessTimeout as exc:
             raise commands.CommandError(str(exc)) from None

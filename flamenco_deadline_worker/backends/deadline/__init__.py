@@ -102,6 +102,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
             publisher=publisher,
         )
         queue = agent.queue
+        queue.on_problem = publisher.queue_problem
         publisher.metrics_source = lambda: {
             "queue_backlog_bytes": queue.backlog_bytes,
             "delivered_updates": queue.delivered_updates,

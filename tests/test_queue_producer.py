@@ -1,0 +1,110 @@
+"""The producer side of the queue under a failing disk (a real, small tmpfs mount) and under a flood:
+a failed commit keeps its lines, room() holds readers back while the buffer is full, put() waits for the
+disk, and rows fit in one task update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_queue import ScriptedSink, open_queue
+
+from flamenco_deadline_worker.backends.base import Update
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    mount = Path(tempfile.mkdtemp(prefix="fdw-small-disk-"))  # outside tmp_path: see test_e2e_disk_full
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+        mount.rmdir()
+
+
+def fill(disk: Path, leave: int) -> Path:
+    ballast = disk / "ballast"
+    st = os.statvfs(disk)
+    ballast.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return ballast
+
+
+@needs_root
+async def test_a_full_disk_keeps_every_line_holds_readers_back_and_recovers(small_disk: Path) -> None:
+    sink = ScriptedSink()
+    queue = await open_queue(small_disk / "q.db", sink, push_log_max_bytes=64 * 1024)
+    problems: list[str | None] = []
+    queue.on_problem = problems.append
+    queue.pending_max_bytes = 512 * 1024
+    await queue.put(Update("t", status="active"))
+    ballast = fill(small_disk, 64 * 1024)
+
+    # A reader feeding lines as fast as room() lets it: it must end up waiting, the buffer bounded.
+    async def reader() -> int:
+        n = 0
+        while True:
+            for _ in range(100):
+                n += 1
+                queue.put_log("t", f"line {n}\n")
+            await queue.room()
+
+    feeding = asyncio.ensure_future(reader())
+    try:
+        for _ in range(600):
+            if problems and not queue._room.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert problems and "is full" in (problems[0] or ""), problems
+        assert not queue._room.is_set(), "the reader is held back"
+        assert queue.backlog_bytes < 8 * 2**20
+        assert queue._pending_bytes < queue.pending_max_bytes + 100 * 20
+        # A status update waits for the disk instead of failing the task.
+        final = asyncio.ensure_future(queue.put(Update("t", status="completed")))
+        await asyncio.sleep(0.5)
+        assert not final.done()
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+        ballast.unlink()
+        await asyncio.wait_for(final, 60)
+    finally:
+        feeding.cancel()
+    assert problems[-1] is None, "status hears that the queue works again"
+
+    drain = asyncio.ensure_future(queue.run_drain())
+    await sink.wait(lambda: any(u.status == "completed" for u in sink.delivered), 60)
+    drain.cancel()
+    await asyncio.gather(drain, return_exceptions=True)
+    await queue.close()
+    lines = sink.log_of("t").splitlines()
+    assert lines == [f"line {i}" for i in range(1, len(lines) + 1)], "every line, in order, none lost"
+    assert len(lines) > 10_000
+
+
+async def test_rows_fit_in_one_task_update(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    queue = await open_queue(db, ScriptedSink(), push_log_max_bytes=1000)
+    for i in range(300):
+        queue.put_log("a" if i % 100 < 50 else "b", f"{i:09d}\n")
+    queue.put_log("a", "".join(f"{i:099d}\n" for i in range(30)))  # 3,000 characters in one call
+    queue.put_log("a", "y" * 2500 + "\n")  # one line longer than the limit: a row of its own
+    await queue.commit_logs()
+    await queue.close()
+    with sqlite3.connect(db) as conn:
+        rows = [(t, json.loads(p)["log"]) for t, p in conn.execute("SELECT task_id, payload FROM updates ORDER BY id")]
+    assert all(len(text) <= 1000 for _, text in rows[:-1]), [len(t) for _, t in rows]
+    assert rows[-1][1] == "y" * 2500 + "\n"
+    assert all(text.endswith("\n") for _, text in rows)
+    assert "".join(text for task, text in rows if task == "a") == "".join(
+        [f"{i:09d}\n" for i in range(300) if i % 100 < 50]
+        + [f"{i:099d}\n" for i in range(30)] + ["y" * 2500 + "\n"]
+    )
