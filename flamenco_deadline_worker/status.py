@@ -237,7 +237,13 @@ def _flush_locked(config: WorkerConfig, timeout: float) -> int:
         print(f"flamenco-worker flush: no worker credentials in {config.home_config}; nothing can be delivered "
               "without them.", file=sys.stderr)
         return EXIT_NOT_ALL_DELIVERED
-    return asyncio.run(_flush(config, timeout))
+    from flamenco_deadline_worker.config import ConfigError
+
+    try:
+        return asyncio.run(_flush(config, timeout))
+    except ConfigError as exc:  # e.g. a queue file that cannot be opened where it is
+        print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 async def _flush(config: WorkerConfig, timeout: float) -> int:

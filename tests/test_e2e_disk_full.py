@@ -80,11 +80,23 @@ async def status_of(home: Path, config: Path) -> dict[str, Any]:
     return data
 
 
-async def test_full_queue_disk_pauses_the_task_and_loses_nothing(
-    manager: RecordingManager, workers: WorkerStarter, tmp_path: Path, small_disk: Path, child_pids: list[int]
+async def wait_for_status(home: Path, config: Path, problem: bool) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + LONG_TIMEOUT
+    while True:
+        info = await status_of(home, config)
+        if bool(info.get("queue_problem")) is problem and info["running"]:
+            return info
+        assert asyncio.get_running_loop().time() < deadline, f"status never showed queue_problem={problem}: {info}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("whole_home", [False, True], ids=["queue-on-a-full-disk", "whole-home-on-a-full-disk"])
+async def test_full_disk_pauses_the_task_and_loses_nothing(
+    manager: RecordingManager, workers: WorkerStarter, tmp_path: Path, small_disk: Path, child_pids: list[int],
+    whole_home: bool,
 ) -> None:
-    home = tmp_path / "home"
-    queue_db = small_disk / "queue.db"
+    home = small_disk / "home" if whole_home else tmp_path / "home"
+    env = {} if whole_home else {"FLAMENCO_WORKER_TASK_UPDATE_QUEUE_DB": str(small_disk / "queue.db")}
     pid_file = tmp_path / "child.pid"
     script = (
         f"import os, sys\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
@@ -92,20 +104,21 @@ async def test_full_queue_disk_pauses_the_task_and_loses_nothing(
     )
     job = manager.submit_job("chatty", [python_script_task("chatty", script)])
     task_id = manager.job_tasks(job)[0].id
-    # The Manager takes no update for now, so the backlog stays on the queue's small disk.
+    # The Manager takes no update for now, so the backlog stays on the small disk.
     manager.faults.fail_next("/api/v3/worker/task/*", 503, times=10**9, method="POST")
     ballast = fill(small_disk, ROOM_LEFT)
-    worker = await workers.start(manager.url, home, env={"FLAMENCO_WORKER_TASK_UPDATE_QUEUE_DB": str(queue_db)})
+    worker = await workers.start(manager.url, home, env=env)
 
-    await worker.wait_log("cannot write the update queue", LONG_TIMEOUT)
-    assert "is full" in worker.agent_log_text()
     await wait_until(pid_file.exists, LONG_TIMEOUT, "the child to start")
     child = int(pid_file.read_text())
     child_pids.append(child)
     await wait_until(lambda: blocked_on_its_pipe(child), LONG_TIMEOUT, "the child to wait on its full pipe")
+    info = await wait_for_status(home, workers.empty_config, problem=True)
+    assert "is full" in info["queue_problem"], info
+    if not whole_home:  # with the whole home full, the agent log cannot take the line (the journal can)
+        assert "cannot write the update queue" in worker.agent_log_text()
+    assert blocked_on_its_pipe(child), "still paused, not failed"
     assert rss_bytes(worker.pid) < 150 * 2**20, "the worker does not buffer what the disk cannot take"
-    info = await status_of(home, workers.empty_config)
-    assert info["running"] and "is full" in (info["queue_problem"] or ""), info
     assert manager.task(task_id).status == "active"
 
     # Space comes back and the Manager takes updates again: every line arrives, in order.
@@ -113,5 +126,5 @@ async def test_full_queue_disk_pauses_the_task_and_loses_nothing(
     manager.faults.clear()
     await until(manager, lambda: manager.task(task_id).status == "completed", LONG_TIMEOUT, worker)
     assert_all_lines_in_order(manager.task(task_id).log, LINES, prefix=PAD)
-    assert (await status_of(home, workers.empty_config))["queue_problem"] is None
+    await wait_for_status(home, workers.empty_config, problem=False)
     assert await worker.stop() == 0

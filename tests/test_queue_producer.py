@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,53 @@ async def test_rows_fit_in_one_task_update(tmp_path: Path) -> None:
         [f"{i:09d}\n" for i in range(300) if i % 100 < 50]
         + [f"{i:099d}\n" for i in range(30)] + ["y" * 2500 + "\n"]
     )
+
+
+# Another writer (an sqlite3 shell, a backup tool) in the middle of a long transaction.
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+conn.close()
+"""
+
+
+async def test_a_lock_held_by_another_process_is_waited_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flamenco_deadline_worker.upstream import store
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_SECONDS", 0.2)
+    sink = ScriptedSink()
+    db = tmp_path / "q.db"
+    queue = await open_queue(db, sink)
+    problems: list[str | None] = []
+    queue.on_problem = problems.append
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_LOCK, str(db), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"locked"
+        for i in range(1000):
+            queue.put_log("t", f"line {i}\n")
+        assert await queue.commit_logs() is False
+        assert problems and "holds a lock" in (problems[-1] or ""), problems
+        final = asyncio.ensure_future(queue.put(Update("t", status="completed")))
+        holder.stdin.write(b"go\n")
+        await holder.stdin.drain()
+        await asyncio.wait_for(final, 60)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+    assert problems[-1] is None
+    drain = asyncio.ensure_future(queue.run_drain())
+    await sink.wait(lambda: any(u.status == "completed" for u in sink.delivered), 60)
+    drain.cancel()
+    await asyncio.gather(drain, return_exceptions=True)
+    await queue.close()
+    assert sink.log_of("t") == "".join(f"line {i}\n" for i in range(1000))

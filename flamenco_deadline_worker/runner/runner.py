@@ -59,7 +59,21 @@ class TaskReporter:
         text = line + "\n"
         self.queue.put_log(self.task.id, text)
         if self._file is not None:
-            self._file.write(text)
+            try:
+                self._file.write(text)
+            except OSError as exc:
+                self._file_failed(exc)
+
+    def _file_failed(self, exc: OSError) -> None:
+        """The local copy is a convenience: a full disk must not fail the task (the queue keeps every line)."""
+        log.error("cannot write the task log file %s (%s); it stops here, the service still gets every line",
+                  getattr(self._file, "name", "?"), exc.strerror or exc)
+        file, self._file = self._file, None
+        try:
+            if file is not None:
+                file.close()
+        except OSError:
+            pass
 
     def activity(self, text: str) -> None:
         self._activity = text
@@ -127,7 +141,10 @@ class TaskReporter:
             self._activity_timer.cancel()
             self._activity_timer = None
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.error("cannot write the end of the task log file %s (%s)", self._file.name, exc.strerror or exc)
             self._file = None
 
 
