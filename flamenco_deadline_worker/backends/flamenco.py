@@ -9,11 +9,12 @@ import platform
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import attrs
 
 from flamenco_deadline_worker import __version__, logs, records
 from flamenco_deadline_worker.backends.base import (
@@ -21,6 +22,7 @@ from flamenco_deadline_worker.backends.base import (
     Delivery,
     DeliveryResult,
     FatalServiceError,
+    Head,
     NotAuthorised,
     RunPermission,
     ServiceUnavailable,
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 API = "/api/v3/worker"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
+UPDATE_TIMEOUT = 60.0
+MAX_UPDATE_TIMEOUT = 600.0
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
 
 
@@ -155,6 +159,8 @@ class FlamencoBackend:
         self._session: aiohttp.ClientSession | None = None
         self.initial_state = WorkerState.AWAKE
         self._loaded = False
+        self._update_timeout = UPDATE_TIMEOUT
+        self.last_update_delivered = 0.0  # monotonic time of the last task update the Manager took
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -208,7 +214,9 @@ class FlamencoBackend:
             raise ServiceUnavailable(f"{method} {url}: {self._tls_problem(exc)}") from None
         except CONNECTION_ERRORS as exc:
             records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
-            raise ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            failure = ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}")
+            failure.timed_out = isinstance(exc, asyncio.TimeoutError)
+            raise failure from None
         records.api_response(
             operation, resp.status, time.monotonic() - started, await error_text(resp) if resp.status >= 400 else ""
         )
@@ -331,7 +339,24 @@ class FlamencoBackend:
             state_change_requested=bool(data.get("statusChangeRequested", False)),
         )
 
-    async def deliver(self, update: Update) -> DeliveryResult:
+    # ---- task updates (the TaskUpdateQueue's sink) ----------------------------------------------
+
+    max_log_lines: int | None = None
+
+    def batch_key(self, task_id: str) -> str:
+        return task_id  # one call per task: a slow POST holds up only its own task
+
+    async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
+        return [await self._deliver_head(head) for head in heads]
+
+    async def _deliver_head(self, head: Head) -> DeliveryResult:
+        for index, update in enumerate(head.updates):
+            result = await self._post_update(update)
+            if result.outcome is not Delivery.DELIVERED:
+                return attrs.evolve(result, delivered=index)
+        return DeliveryResult.ok(len(head.updates))
+
+    async def _post_update(self, update: Update) -> DeliveryResult:
         body: dict[str, Any] = {}
         if update.status is not None:
             body["taskStatus"] = update.status
@@ -341,17 +366,25 @@ class FlamencoBackend:
             body["log"] = update.log
         if update.steps_completed is not None:
             body["steps_completed"] = update.steps_completed
+        timeout = aiohttp.ClientTimeout(total=self._update_timeout, connect=10)
         try:
-            resp = await self._request("POST", f"/task/{update.task_id}", json=body)
+            resp = await self._request("POST", f"/task/{update.task_id}", json=body, timeout=timeout)
         except ServiceUnavailable as exc:
+            if exc.timed_out:
+                # A Manager slower than our patience would never get the update: be more patient.
+                self._update_timeout = min(MAX_UPDATE_TIMEOUT, self._update_timeout * 2)
             return DeliveryResult(Delivery.RETRY, reason=str(exc), retry_after=exc.retry_after)
         except NotAuthorised as exc:
             # Credentials can be fixed (re-registration); the update must survive that.
             return DeliveryResult(Delivery.RETRY, reason=str(exc))
+        self._update_timeout = UPDATE_TIMEOUT
         if resp.status in (200, 204):
-            return DeliveryResult.delivered()
+            self.last_update_delivered = time.monotonic()
+            return DeliveryResult.ok(1)
         if resp.status in (404, 409):
             return DeliveryResult(Delivery.TASK_GONE, reason=await error_text(resp))
+        if resp.status == 413:
+            return DeliveryResult(Delivery.TOO_LARGE, reason=await error_text(resp))
         return DeliveryResult(Delivery.REJECTED, reason=await error_text(resp))
 
     async def output_produced(self, task_id: str, path: str, content_type: str, body: bytes) -> None:

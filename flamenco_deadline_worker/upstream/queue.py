@@ -1,9 +1,10 @@
 """TaskUpdateQueue: every status change and log line is committed to SQLite, then drained to the service.
 
 The runner calls ``put`` (committed before it returns) and ``put_log`` (buffered, committed within
-``log_commit_interval``).  ``run_drain`` delivers the rows of each task in order, merging log chunks
-into larger updates, and decides what each answer means.  A task whose delivery fails waits on its
-own backoff; the other tasks' updates keep flowing.
+``log_commit_interval``).  ``run_drain`` hands the backend the head of every ordering domain that is
+ready, all at once (in one call, or one call each: the backend says which), each in pieces within
+``push_log_max_bytes``, and decides what each answer means.  A domain whose delivery fails waits on
+its own backoff; the others keep flowing, and a slow call holds up only its own domains.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import asyncio
 import errno
 import json
 import logging
-import random
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update, UpdateSink
-from flamenco_deadline_worker.upstream.store import SQLITE_FULL, Backlog, Row, UpdateStore, is_busy, result_code
+from flamenco_deadline_worker.core.backoff import Backoff, Outage
+from flamenco_deadline_worker.core.clock import Clock, SystemClock
+from flamenco_deadline_worker.core.model import Delivery, DeliveryResult, Update, UpdateSink
+from flamenco_deadline_worker.upstream import batching
+from flamenco_deadline_worker.upstream.batching import Built, Piece
+from flamenco_deadline_worker.upstream.store import SQLITE_FULL, Backlog, UpdateStore, is_busy, result_code
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,10 @@ TaskGoneCallback = Callable[[str, str], None]
 
 MIN_BACKOFF = 0.25
 MAX_BACKOFF = 30.0
+IDLE_WAIT = 3600.0
+ROWS_PER_HEAD = 2000
+MIN_PIECE_BYTES = 4096  # a service that refuses even this much is retried, never given less
+MAX_IN_FLIGHT = 8
 # Logs buffered in memory beyond this are committed at once rather than waiting for the timer.
 PENDING_FLUSH_BYTES = 1024 * 1024
 # Beyond this, room() makes pipe readers wait: the children block on their full pipes instead of
@@ -73,9 +81,14 @@ class TaskUpdateQueue:
         push_log_max_interval: float = 1.0,
         log_commit_interval: float = 0.1,
         on_task_gone: TaskGoneCallback | None = None,
+        clock: Clock | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.store = UpdateStore(db_path)
         self.sink = sink
+        self.sink_max_lines: int | None = getattr(sink, "max_log_lines", None)
+        self.clock: Clock = clock or SystemClock()
+        self.max_in_flight = max_in_flight
         self.push_log_max_bytes = push_log_max_bytes
         self.push_log_max_interval = push_log_max_interval
         self.log_commit_interval = log_commit_interval
@@ -100,7 +113,14 @@ class TaskUpdateQueue:
         # The drain's own wake-up: set on every insert, cleared only by the drain, before it looks.
         self._new_rows = asyncio.Event()
         self._gone: set[str] = set()
-        self._backoff: dict[str, tuple[float, float]] = {}  # task -> (retry at, current delay)
+        self._retry_at: dict[str, float] = {}  # domain -> when it may be tried again
+        self._backoffs: dict[str, Backoff] = {}
+        self._limits: dict[str, int] = {}  # domain -> piece size after a "too large" answer
+        self._in_flight: set[str] = set()
+        self._keys_in_flight: set[str] = set()  # one call per batch key at a time
+        self._running: set[asyncio.Future[None]] = set()
+        self._ghosts: set[int] = set()  # delivered rows the store failed to delete
+        self.delivery_calls = 0
         self._outage_since: float | None = None
         self._stored_bytes = 0
         self._rows_per_task: Counter[str] = Counter()
@@ -338,6 +358,19 @@ class TaskUpdateQueue:
     async def backlog(self) -> Backlog:
         return await self.store.backlog()
 
+    async def completed_actions(self) -> dict[str, set[str]]:
+        """Per domain, the actions whose completion is still queued (after a restart: already ended)."""
+        found: dict[str, set[str]] = {}
+        for task_id, _ in await self.store.heads(limit=100_000):
+            for row in await self.store.rows_of(task_id, limit=1_000_000):
+                try:
+                    data = json.loads(row.payload)
+                except ValueError:
+                    continue
+                if data.get("action") and data.get("status") is not None:
+                    found.setdefault(task_id, set()).add(str(data["action"]))
+        return found
+
     async def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is delivered (True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + timeout
@@ -357,110 +390,173 @@ class TaskUpdateQueue:
     # ---- drain -----------------------------------------------------------------------------
 
     async def run_drain(self) -> None:
-        """Deliver queued updates until cancelled."""
+        """Deliver queued updates until cancelled.  Nothing in here ends the loop but a cancel: a
+        failing store is logged once per outage and retried with backoff."""
+        outage = Outage("reading the update queue", self.clock.monotonic, Backoff(0.5, 10.0))
         while True:
-            # Cleared before looking at the store: rows inserted while drain_once() reads must wake
-            # the wait below, or they could sit until the hour-long idle wait ends.
+            # Cleared before looking at the store: rows inserted while we read must wake the wait.
             self._new_rows.clear()
-            wait = await self.drain_once()
-            if wait is None:
-                continue
             try:
-                await asyncio.wait_for(self._new_rows.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+                wait = await self._start_deliveries()
+                outage.succeeded()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                wait = outage.failed(exc)
+            await self.clock.wait(self._new_rows, wait)
 
     async def drain_once(self) -> float | None:
-        """Deliver one batch.  Returns None when it did work, else how long to wait for news."""
-        now_mono = time.monotonic()
-        now = time.time()
-        wait = 3600.0
+        """Start deliveries for every ready domain and wait for them; None when any ran, else how
+        long until something may be ready (for tests and ``flush``)."""
+        before = self.delivery_calls
+        wait = await self._start_deliveries()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        return None if self.delivery_calls != before else max(wait, 0.01)
+
+    async def _start_deliveries(self) -> float:
+        now_mono = self.clock.monotonic()
+        now = self.clock.time()
+        wait = IDLE_WAIT
+        ready: list[Built] = []
+        room = self.max_in_flight - len(self._in_flight)
         for task_id, _ in await self.store.heads():
-            retry_at = self._backoff.get(task_id, (0.0, 0.0))[0]
+            if len(ready) >= room:
+                break
+            if task_id in self._in_flight or self.sink.batch_key(task_id) in self._keys_in_flight:
+                continue
+            retry_at = self._retry_at.get(task_id, 0.0)
             if retry_at > now_mono:
                 wait = min(wait, retry_at - now_mono)
                 continue
-            rows = await self.store.rows_of(task_id, limit=1000)
-            batch, update = self._merge(rows)
-            if update is None:
-                await self._remove([r.id for r in batch], batch)  # nothing readable in it
-                return None
-            if update.status is None and not self._worth_sending(batch, update, now):
-                wait = min(wait, batch[0].created + self.push_log_max_interval - now)
+            rows = [r for r in await self.store.rows_of(task_id, limit=ROWS_PER_HEAD) if r.id not in self._ghosts]
+            built = batching.build(
+                task_id, rows, max_bytes=self._limit(task_id), max_lines=self.sink_max_lines
+            )
+            if built.unreadable:
+                await self._consume(built, 0, extra_ids=built.unreadable)
+            if not built.pieces:
                 continue
-            await self._deliver(task_id, batch, update)
-            return None
-        return max(wait, 0.01)
-
-    def _worth_sending(self, batch: list[Row], update: Update, now: float) -> bool:
-        """A log-only batch waits to grow, up to push_log_max_interval or push_log_max_bytes."""
-        if update.activity is not None or update.steps_completed is not None or update.extra:
-            return True
-        if sum(r.nbytes for r in batch) >= self.push_log_max_bytes:
-            return True
-        return now - batch[0].created >= self.push_log_max_interval
-
-    def _merge(self, rows: list[Row]) -> tuple[list[Row], Update | None]:
-        """The longest prefix of ``rows`` that makes one update: one status change at most, at its end."""
-        batch: list[Row] = []
-        merged: Update | None = None
-        size = 0
-        for row in rows:
-            try:
-                update = Update.from_json(row.task_id, json.loads(row.payload))
-            except (ValueError, TypeError) as exc:
-                log.error("update %d of task %s is unreadable (%s); dropping it", row.id, row.task_id, exc)
-                batch.append(row)
+            due = built.oldest + self.push_log_max_interval
+            if not (built.urgent or built.nbytes >= self._limit(task_id) or now >= due):
+                wait = min(wait, due - now)
                 continue
-            if merged is not None and size + len(update.log) > self.push_log_max_bytes:
-                break
-            merged = update if merged is None else merged.merged_with(update)
-            batch.append(row)
-            size += len(update.log)
-            if update.status is not None:
-                break
-        return batch, merged
+            ready.append(built)
+        if ready:
+            groups: dict[str, list[Built]] = {}
+            for built in ready:
+                groups.setdefault(self.sink.batch_key(built.task_id), []).append(built)
+            for group in groups.values():
+                self._in_flight.update(b.task_id for b in group)
+                self._keys_in_flight.add(self.sink.batch_key(group[0].task_id))
+                self.delivery_calls += 1
+                call = asyncio.ensure_future(self._deliver(group))
+                self._running.add(call)
+                call.add_done_callback(self._running.discard)
+        return max(wait, 0.0)
 
-    async def _deliver(self, task_id: str, batch: list[Row], update: Update) -> None:
+    def _limit(self, task_id: str) -> int:
+        return self._limits.get(task_id, self.push_log_max_bytes)
+
+    async def _deliver(self, group: list[Built]) -> None:
         try:
-            result = await self.sink.deliver(update)
-        except Exception as exc:  # a sink must not raise, but a bug there must not stop the drain
-            log.exception("delivering an update of task %s raised; will retry", task_id)
-            result = DeliveryResult(Delivery.RETRY, reason=f"internal error: {exc}")
-        ids = [r.id for r in batch]
+            try:
+                results = await self.sink.deliver([b.head for b in group])
+                if len(results) != len(group):
+                    raise RuntimeError(f"{len(results)} results for {len(group)} heads")
+            except Exception as exc:  # a sink must not raise, but a bug there must not stop the drain
+                log.exception("delivering updates raised; will retry")
+                results = [DeliveryResult(Delivery.RETRY, reason=f"internal error: {exc}")] * len(group)
+            for built, result in zip(group, results, strict=True):
+                try:
+                    await self._settle(built, result)
+                except Exception:
+                    log.exception("could not record what became of the updates of %s; will retry", built.task_id)
+        finally:
+            for built in group:
+                self._in_flight.discard(built.task_id)
+            self._keys_in_flight.discard(self.sink.batch_key(group[0].task_id))
+            self._new_rows.set()
+
+    async def _settle(self, built: Built, result: DeliveryResult) -> None:
+        task_id = built.task_id
+        total = len(built.pieces)
+        done = total if result.outcome is Delivery.DELIVERED else max(0, min(result.delivered, total))
+        if done:
+            await self._consume(built, done)
+            self.delivered_updates += done
         if result.outcome is Delivery.DELIVERED:
-            await self._remove(ids, batch)
-            self._backoff.pop(task_id, None)
-            self.delivered_updates += 1
+            self._backoffs.pop(task_id, None)
+            self._retry_at.pop(task_id, None)
             if self._outage_since is not None:
                 log.info(
-                    "updates are being delivered again after %.0f s of failures", time.monotonic()
-                    - self._outage_since,
+                    "updates are being delivered again after %.0f s of failures",
+                    self.clock.monotonic() - self._outage_since,
                 )
                 self._outage_since = None
+        elif result.outcome is Delivery.TOO_LARGE:
+            self._smaller(task_id, built.pieces[done] if done < total else None, result)
         elif result.outcome is Delivery.RETRY:
             self._retry_later(task_id, result)
         elif result.outcome is Delivery.REJECTED:
-            log.error(
-                "task %s: the service rejected an update for good (%s); dropped %d queued update(s)",
-                task_id, result.reason, len(ids),
-            )
-            await self._remove(ids, batch)
+            if done < total:
+                refused = built.pieces[done]
+                log.error(
+                    "%s: the service refused an update for good (%s); dropped it (%d bytes of log%s)",
+                    task_id, result.reason, refused.nbytes,
+                    f", status {refused.update.status}" if refused.update.status else "",
+                )
+                await self._consume(built, done + 1, keep_from=done)
         else:
             self._gone.add(task_id)
             dropped = await self.store.delete_task(task_id)
             self._stored_bytes = (await self.store.backlog()).nbytes
             self._forget_rows(task_id)
             log.warning(
-                "task %s is no longer ours (%s); dropped its %d queued update(s)", task_id, result.reason, dropped
+                "%s is no longer ours (%s); dropped its %d queued update(s)", task_id, result.reason, dropped
             )
             if self.on_task_gone is not None:
                 self.on_task_gone(task_id, result.reason)
 
-    async def _remove(self, ids: list[int], batch: list[Row]) -> None:
-        await self.store.delete_ids(ids)
-        self._stored_bytes = max(0, self._stored_bytes - sum(r.nbytes for r in batch))
-        self._forget_rows(batch[0].task_id, len(batch))
+    def _smaller(self, task_id: str, piece: Piece | None, result: DeliveryResult) -> None:
+        """A 413: send smaller pieces.  At the floor, keep retrying with backoff: text is never dropped."""
+        current = self._limit(task_id)
+        if piece is not None and piece.nbytes:
+            current = min(current, piece.nbytes)
+        smaller = max(MIN_PIECE_BYTES, current // 2)
+        if smaller < self._limit(task_id):
+            log.warning(
+                "%s: the service refused %d bytes as too large (%s); sending at most %d bytes per update",
+                task_id, current, result.reason, smaller,
+            )
+            self._limits[task_id] = smaller
+            self._retry_at.pop(task_id, None)
+        else:
+            self._retry_later(task_id, result)
+
+    async def _consume(
+        self, built: Built, count: int, *, keep_from: int | None = None, extra_ids: tuple[int, ...] = ()
+    ) -> None:
+        """Remove the rows of the first ``count`` pieces (a cut row keeps its undelivered rest)."""
+        pieces = built.pieces[:count]
+        ids = [i for p in pieces for i in p.row_ids] + list(extra_ids)
+        cut = pieces[-1].cut if pieces else None
+        if keep_from is not None and cut is None and count > keep_from:
+            cut = built.pieces[keep_from].cut
+        if cut is not None and cut.row_id in ids:
+            cut = None
+        try:
+            await self.store.consume(ids, None if cut is None else (cut.row_id, cut.payload, cut.nbytes))
+        except Exception:
+            # Delivered but not deleted: never send these again, even if the store misbehaves.
+            self._ghosts.update(ids)
+            raise
+        self._ghosts.difference_update(ids)
+        freed = sum(built.row_bytes.get(i, 0) for i in ids)
+        if cut is not None:
+            freed += built.row_bytes.get(cut.row_id, 0) - cut.nbytes
+        self._stored_bytes = max(0, self._stored_bytes - freed)
+        self._forget_rows(built.task_id, len(ids))
         self._changed.set()
 
     def _forget_rows(self, task_id: str, count: int | None = None) -> None:
@@ -469,6 +565,9 @@ class TaskUpdateQueue:
             self._rows_per_task[task_id] = left
         else:
             self._rows_per_task.pop(task_id, None)
+            self._limits.pop(task_id, None)
+            self._backoffs.pop(task_id, None)
+            self._retry_at.pop(task_id, None)
         asyncio.ensure_future(self._notify_removed())
 
     async def _notify_removed(self) -> None:
@@ -491,12 +590,11 @@ class TaskUpdateQueue:
             return False
 
     def _retry_later(self, task_id: str, result: DeliveryResult) -> None:
-        delay = self._backoff.get(task_id, (0.0, 0.0))[1]
-        delay = min(MAX_BACKOFF, max(MIN_BACKOFF, delay * 2))
-        wait = result.retry_after if result.retry_after is not None else delay * random.uniform(0.75, 1.25)
-        self._backoff[task_id] = (time.monotonic() + wait, delay)
+        backoff = self._backoffs.setdefault(task_id, Backoff(MIN_BACKOFF, MAX_BACKOFF))
+        wait = backoff.next(result.retry_after)
+        self._retry_at[task_id] = self.clock.monotonic() + wait
         if self._outage_since is None:
-            self._outage_since = time.monotonic()
+            self._outage_since = self.clock.monotonic()
             log.warning("could not deliver updates (%s); will keep retrying, queued safely on disk", result.reason)
         else:
-            log.debug("task %s: delivery failed again (%s); retry in %.2f s", task_id, result.reason, wait)
+            log.debug("%s: delivery failed again (%s); retry in %.2f s", task_id, result.reason, wait)

@@ -107,6 +107,15 @@ class Backlog:
         return max(0.0, (now or time.time()) - self.oldest_created)
 
 
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """SQLite may have rolled back already (e.g. on SQLITE_FULL); a second ROLLBACK would hide the cause."""
+    if db.in_transaction:
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback after a failed transaction: %s", exc)
+
+
 class UpdateStore:
     """Rows of JSON payloads in WAL mode; every write is one committed transaction."""
 
@@ -114,6 +123,7 @@ class UpdateStore:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._moved_aside = False
+        self._tx = asyncio.Lock()  # one transaction at a time on the shared connection
 
     async def open(self) -> None:
         try:
@@ -258,20 +268,16 @@ class UpdateStore:
     async def insert(self, rows: Iterable[tuple[str, float, int, str]]) -> None:
         """Insert (task_id, created, nbytes, payload) rows in one transaction."""
         db = self.db
-        await db.execute("BEGIN")
-        try:
-            await db.executemany(
-                "INSERT INTO updates (task_id, created, nbytes, payload) VALUES (?, ?, ?, ?)", rows
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (e.g. on SQLITE_FULL); a second ROLLBACK would hide the cause.
-            if db.in_transaction:
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error as exc:
-                    log.debug("rollback after a failed insert: %s", exc)
-            raise
+        async with self._tx:
+            await db.execute("BEGIN")
+            try:
+                await db.executemany(
+                    "INSERT INTO updates (task_id, created, nbytes, payload) VALUES (?, ?, ?, ?)", rows
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
 
     async def heads(self, limit: int = 200) -> list[tuple[str, int]]:
         """The oldest row id of each task with updates, oldest first."""
@@ -298,6 +304,10 @@ class UpdateStore:
         return count
 
     async def reclaim_if_empty(self) -> int:
+        async with self._tx:  # executescript() would commit another coroutine's open transaction
+            return await self._reclaim_if_empty()
+
+    async def _reclaim_if_empty(self) -> int:
         """Once every update is delivered, give the file's free pages back and cut the write-ahead
         log to nothing; answers the bytes given back.  A queue that never empties keeps its pages
         for reuse, which costs nothing."""
@@ -346,3 +356,26 @@ class UpdateStore:
         async with self.db.execute(sql) as cur:
             row: Any = await cur.fetchone()
         return Backlog(int(row[0]), int(row[1]), row[2])
+
+    async def consume(self, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        """Delete delivered rows and rewrite a partly delivered one to its rest, in one transaction."""
+        if not ids and rest is None:
+            return
+        db = self.db
+        async with self._tx:
+            await self._consume(db, ids, rest)
+        await self.reclaim_if_empty()
+
+    async def _consume(self, db: aiosqlite.Connection, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        await db.execute("BEGIN")
+        try:
+            if ids:
+                marks = ",".join("?" * len(ids))
+                await db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
+            if rest is not None:
+                row_id, payload, nbytes = rest
+                await db.execute("UPDATE updates SET payload = ?, nbytes = ? WHERE id = ?", (payload, nbytes, row_id))
+            await db.execute("COMMIT")
+        except BaseException:
+            await _rollback(db)
+            raise

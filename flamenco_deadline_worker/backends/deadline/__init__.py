@@ -98,6 +98,7 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
             push_log_max_bytes=config.push_log_max_bytes,
             push_log_max_interval=config.push_log_max_interval_seconds,
             drain_seconds=max(5.0, config.shutdown_flush_seconds),
+            ledger_file=config.home / "deadline-sessions.json",
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=publisher,
         )

@@ -1,4 +1,9 @@
-"""The Deadline worker's main loop: UpdateWorkerSchedule as heartbeat and work channel, and the drains."""
+"""The Deadline worker's main loop: apply the newest UpdateWorkerSchedule answer, heartbeat when
+nothing else called within the service's interval, and the drains.
+
+Action statuses never wait for the heartbeat: the queue's drain delivers them in an
+UpdateWorkerSchedule of its own (see sink.py), whose answer this loop applies like any other.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.base import Delivery, DeliveryResult, Update
 from flamenco_deadline_worker.backends.deadline import startup
-from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable, backoff
+from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
 from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredentials
+from flamenco_deadline_worker.backends.deadline.resume import SessionLedger
+from flamenco_deadline_worker.backends.deadline.schedule import Schedule
 from flamenco_deadline_worker.backends.deadline.session import SessionRunner
-from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, LogTarget, PendingUpdates
+from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, log_key
+from flamenco_deadline_worker.core.backoff import Backoff
+from flamenco_deadline_worker.core.model import Update
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 if TYPE_CHECKING:
@@ -40,6 +48,7 @@ class DeadlineAgent:
         push_log_max_bytes: int,
         push_log_max_interval: float,
         drain_seconds: float,
+        ledger_file: Path | None = None,
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
     ) -> None:
@@ -49,19 +58,22 @@ class DeadlineAgent:
         self.session_root = session_root
         self.drain_seconds = drain_seconds
         self.delete_on_stop = delete_on_stop
-        self._wake = asyncio.Event()
-        self.pending = PendingUpdates(self._wake.set)
-        self.sink = DeadlineSink(api, self.pending)
+        self.schedule = Schedule(api, ids)
+        self.sink = DeadlineSink(api, self.schedule, logs_dir)
         self.queue = TaskUpdateQueue(
             queue_db, self.sink, push_log_max_bytes=push_log_max_bytes, push_log_max_interval=push_log_max_interval
         )
         self.sessions: dict[str, SessionRunner] = {}
+        self.ledger = SessionLedger(ledger_file or queue_db.with_name("deadline-sessions.json"), ids["workerId"])
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
         self.router = LogRouter(self.queue)
         self.interval = 15.0
         self.publisher = publisher
         self.deleted = False  # DeleteWorker succeeded: the saved worker id is no use any more
+        self.tasks_run = 0
         self._drain: asyncio.Task[None] | None = None
+        # Actions whose completion is queued or sent: nothing more is ever reported for them.
+        self._completed: set[tuple[str, str]] = set()
 
     def healthy(self) -> bool:
         """For the systemd watchdog: the update drain is alive."""
@@ -74,16 +86,34 @@ class DeadlineAgent:
     # ---- updates from sessions into the durable queue -------------------------------------
 
     async def report(self, session_id: str, action_id: str, info: dict[str, Any]) -> None:
-        if "completedStatus" in info:
-            self.sink.final_status_queued(session_id, action_id)
-        await self.queue.put(
-            Update(task_id=f"{session_id}/{action_id}", status=info.get("completedStatus"), extra=info)
-        )
+        key = (session_id, action_id)
+        if key in self._completed:
+            log.debug("session %s: %s already completed; not reporting %s", session_id, action_id, sorted(info))
+            return
+        status = info.get("completedStatus")
+        if status is not None:
+            self._completed.add(key)
+        await self.queue.put(Update(task_id=session_id, action_id=action_id, status=status, extra=info))
+
+    def task_finished(self, session: SessionRunner, action_id: str, kind: str, status: str) -> None:
+        """For ``status``: a taskRun ended (an environment action is no task)."""
+        if kind != "taskRun" or status == "NEVER_ATTEMPTED":
+            return
+        self.tasks_run += 1
+        if self.publisher is not None:
+            self.publisher.data["tasks_run"] = self.tasks_run
+            self.publisher.data["last_task"] = {
+                "id": action_id, "job_id": session.entities.job_id, "session_id": session.id,
+                "outcome": status.lower(), "ended_at": time.time(),
+            }
 
     # ---- the main loop -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.queue.open()
+        # Before the drain starts: which actions ended before a restart, their completions still queued.
+        for session_id, actions in (await self.queue.completed_actions()).items():
+            self._completed.update((session_id, a) for a in actions)
         drain = self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
         try:
@@ -102,57 +132,46 @@ class DeadlineAgent:
             await self.queue.close()
 
     async def _loop(self, stop: asyncio.Event) -> str:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not stop.is_set():
             if self.api.fleet_credentials_due():
                 await self._refresh_fleet_credentials()
-            upto, updates = self.pending.snapshot()
-            self._wake.clear()
-            try:
-                answer = await self._schedule(updates)
-            except Retryable as exc:
-                wait = backoff(delay, exc.retry_after)
-                delay = min(30.0, delay * 2)
-                if exc.connection:
-                    log.warning("the service cannot be reached (%s); retrying in %.1f s", exc, wait)
-                await self._sleep(stop, wait)
+            if self.schedule.conflict is not None:
+                conflict = self.schedule.conflict
+                log.warning("the worker is no longer STARTED in the service (%s); starting again", conflict)
+                self.schedule.conflict = None
+                await self._end_all_sessions()
+                await startup.set_started(self.api, self.ids)
                 continue
-            except ApiError as exc:
-                if exc.code == "ConflictException" and exc.reason == "STATUS_CONFLICT":
-                    log.warning("the worker is no longer STARTED in the service (%s); starting again", exc)
-                    await self._end_all_sessions()
-                    await startup.set_started(self.api, self.ids)
+            answer = self.schedule.take()
+            if answer is None:
+                try:
+                    answer = await self.schedule.call({})
+                except Retryable as exc:
+                    wait = backoff.next(exc.retry_after)
+                    if exc.connection:
+                        log.warning("the service cannot be reached (%s); retrying in %.1f s", exc, wait)
+                    await self._sleep(stop, wait)
                     continue
-                log.error("UpdateWorkerSchedule failed for good: %s; exiting", exc)
-                self.pending.settle(upto, DeliveryResult(Delivery.REJECTED, str(exc)))
-                return "fatal"
-            delay = 0.5
-            self.pending.settle(upto, DeliveryResult.delivered())
+                except ApiError as exc:
+                    if self.schedule.conflict is not None:
+                        continue
+                    log.error("UpdateWorkerSchedule failed for good: %s; exiting", exc)
+                    return "fatal"
+            backoff.reset()
             await self._apply(answer)
             if answer.get("desiredWorkerStatus") == "STOPPED" and not self.sessions:
                 return "stop-requested"
             self.interval = float(answer.get("updateIntervalSeconds", 15))
-            if not self._wake.is_set():
-                await self._sleep(stop, self.interval, self._wake)
+            due = self.schedule.last_call + self.interval - time.monotonic()
+            await self._sleep(stop, due, self.schedule.news)
         return "signal"
-
-    async def _schedule(self, updates: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions=updates)
-        except ApiError as exc:
-            if exc.code != "ValidationException" or not updates:
-                raise
-        # One of our updates is refused: ask again without them, so one bad update cannot stop the worker.
-        log.error("the service refused these action updates; dropping them: %s", sorted(updates))
-        upto, _ = self.pending.snapshot()
-        self.pending.settle(upto, DeliveryResult(Delivery.REJECTED, "ValidationException"))
-        return await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions={})
 
     async def _sleep(self, stop: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
         waits = [asyncio.ensure_future(stop.wait())]
         if also is not None:
             waits.append(asyncio.ensure_future(also.wait()))
-        _, rest = await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
         for task in waits:
             task.cancel()
 
@@ -169,6 +188,7 @@ class DeadlineAgent:
         for session_id in [s for s in self.sessions if s not in assigned]:
             runner = self.sessions.pop(session_id)
             self.router.forget(session_id)
+            self.ledger.ended(session_id)
             records.session_remove(session_id, runner.queue_id, "the service ended it")
             asyncio.create_task(self._close(runner))
         for session_id, spec in assigned.items():
@@ -188,20 +208,35 @@ class DeadlineAgent:
         local = self.logs_dir / queue_id / f"{session_id}.log"
         records.session_starting(session_id, queue_id, job_id=spec["jobId"])
         records.session_logs(session_id, queue_id, local)
-        self.sink.targets[session_id] = LogTarget(
-            options.get("logGroupName", ""), options.get("logStreamName", ""), local
-        )
         entities = JobEntities(self.api, self.ids, spec["jobId"])
 
         async def report(action_id: str, info: dict[str, Any]) -> None:
             await self.report(session_id, action_id, info)
 
+        # Begun before this start: its processes and environments died with the last agent.
+        resumed = session_id in self.ledger.before_restart
         runner = SessionRunner(
-            session_id, queue_id, entities, report, root_dir=self.session_root, env_vars=self.queue_creds.env
+            session_id,
+            queue_id,
+            entities,
+            report,
+            root_dir=self.session_root,
+            env_vars=self.queue_creds.env,
+            resumed=resumed,
+            completed=lambda action_id: (session_id, action_id) in self._completed,
         )
+        runner.on_finished = self.task_finished
         self.sessions[session_id] = runner
-        self.router.route(session_id, f"{session_id}/log")
-        asyncio.create_task(self._prepare_credentials(runner, entities))
+        self.ledger.begun(session_id, queue_id)
+        self.router.route(
+            session_id,
+            log_key(session_id, queue_id, options.get("logGroupName", ""), options.get("logStreamName", "")),
+        )
+        if resumed:
+            log.warning("session %s was running when the agent stopped unexpectedly; it cannot go on", session_id)
+            runner.start()
+        else:
+            asyncio.create_task(self._prepare_credentials(runner, entities))
         return runner
 
     async def _prepare_credentials(self, runner: SessionRunner, entities: JobEntities) -> None:
@@ -209,11 +244,11 @@ class DeadlineAgent:
         try:
             job = await entities.job()
         except Exception as exc:
-            self.queue.put_log(f"{runner.id}/log", f"could not read the job details: {exc}\n")
+            self.router.write(runner.id, f"could not read the job details: {exc}\n")
         else:
             message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
             if message:
-                self.queue.put_log(f"{runner.id}/log", message + "\n")
+                self.router.write(runner.id, message + "\n")
         finally:
             if not runner.draining:
                 runner.start()
@@ -232,6 +267,7 @@ class DeadlineAgent:
         self.sessions.clear()
         for runner in runners:
             records.session_remove(runner.id, runner.queue_id, "the worker stops")
+            self.ledger.ended(runner.id)
         await asyncio.gather(*(self._close(r, timeout=10) for r in runners))
 
     # ---- drains and shutdown -------------------------------------------------------------
@@ -249,21 +285,8 @@ class DeadlineAgent:
         await startup.set_status(self.api, self.ids, "STOPPING", budget=min(2.0, left()))
         if self.sessions:
             await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
-            flusher = asyncio.create_task(self.queue.flush(left()))
-            # Keep the schedule going so the INTERRUPTED/NEVER_ATTEMPTED updates reach the service.
-            while not flusher.done() and time.monotonic() < deadline:
-                upto, updates = self.pending.snapshot()
-                if updates:
-                    try:
-                        await self.api.call("update_worker_schedule", **self.ids, updatedSessionActions=updates)
-                        self.pending.settle(upto, DeliveryResult.delivered())
-                    except (ApiError, Retryable) as exc:
-                        log.warning("drain: UpdateWorkerSchedule failed: %s", exc)
-                        await asyncio.sleep(0.2)
-                else:
-                    self._wake.clear()
-                    await self._sleep(asyncio.Event(), 0.2, self._wake)
-            flusher.cancel()
+            # The drain carries the INTERRUPTED/NEVER_ATTEMPTED statuses in its own calls.
+            await self.queue.flush(left())
         await startup.set_status(self.api, self.ids, "STOPPED", budget=left())
         await self._end_all_sessions()
         await self.queue.flush(min(2.0, left()))

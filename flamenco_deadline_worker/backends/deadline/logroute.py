@@ -36,6 +36,12 @@ class LogRouter(logging.Handler):
     def forget(self, session_id: str) -> None:
         self.routes.pop(session_id, None)
 
+    def write(self, session_id: str, text: str) -> None:
+        """The agent's own words for a session's log (from the event loop)."""
+        task_id = self.routes.get(session_id)
+        if task_id is not None:
+            self.queue.put_log(task_id, text)
+
     def emit(self, record: logging.LogRecord) -> None:
         task_id = self.routes.get(getattr(record, "session_id", ""))
         if task_id is None or self._loop is None:

@@ -54,6 +54,8 @@ class SessionRunner:
         root_dir: Path,
         env_vars: Callable[[], dict[str, str]],
         cancel_grace: float = 30.0,
+        resumed: bool = False,
+        completed: Callable[[str], bool] = lambda action_id: False,
     ) -> None:
         self.id = session_id
         self.queue_id = queue_id
@@ -62,6 +64,10 @@ class SessionRunner:
         self.root_dir = root_dir
         self.env_vars = env_vars
         self.cancel_grace = cancel_grace
+        # Begun by an agent that died: nothing can run; ended actions keep their queued status.
+        self.resumed = resumed
+        self.completed = completed
+        self.on_finished: Callable[[SessionRunner, str, str, str], None] | None = None
         self.pending: list[Action] = []
         self.known: set[str] = set()
         self.canceled: set[str] = set()
@@ -181,6 +187,11 @@ class SessionRunner:
                 )
 
     async def _one(self, action: Action) -> None:
+        if self.completed(action.id):
+            return  # its completion is queued already (it ended before a restart)
+        if self.resumed:
+            await self._finish_unresumable(action)
+            return
         skip = action.id in self.canceled
         if action.kind == "envExit":
             skip = skip or action.body["environmentId"] not in self._entered
@@ -219,6 +230,18 @@ class SessionRunner:
             info["progressPercent"] = max(0.0, min(100.0, float(status.progress)))
         await self._finish(action, info)
 
+    async def _finish_unresumable(self, action: Action) -> None:
+        """After a crash: the action that may have been running is INTERRUPTED, the rest never run."""
+        if self.wound_down:
+            await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
+            return
+        message = "the worker agent stopped unexpectedly while this session ran; it was not run again"
+        now = iso_now()
+        await self._finish(
+            action, {"completedStatus": "INTERRUPTED", "startedAt": now, "endedAt": now, "progressMessage": message}
+        )
+        self.wound_down = True
+
     async def _finish(self, action: Action, info: dict[str, Any]) -> None:
         status = info["completedStatus"]
         if status != "NEVER_ATTEMPTED":
@@ -231,6 +254,8 @@ class SessionRunner:
         if status in FAILURES and action.kind != "envExit":
             self.wound_down = True
         await self.report(action.id, info)
+        if self.on_finished is not None:
+            self.on_finished(self, action.id, action.kind, status)
 
     async def _execute(self, action: Action) -> ActionStatus:
         ojd = await self._session()
