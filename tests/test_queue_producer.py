@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +161,58 @@ async def test_a_lock_held_by_another_process_is_waited_out(
     await asyncio.gather(drain, return_exceptions=True)
     await queue.close()
     assert sink.log_of("t") == "".join(f"line {i}\n" for i in range(1000))
+
+
+@needs_root
+async def test_deadline_session_output_waits_for_room_too(small_disk: Path) -> None:
+    """openjd-sessions reads an action's output on its own thread and logs each line: that thread waits
+    while the queue cannot take more, so the action's process blocks on its pipe as with Flamenco tasks."""
+    from openjd.sessions import LOG
+
+    from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
+
+    sink = ScriptedSink()
+    queue = await open_queue(small_disk / "q.db", sink)
+    queue.pending_max_bytes = 256 * 1024
+    router = LogRouter(queue)
+    router.install()
+    router.route("session-1", "t")
+    level = LOG.level
+    LOG.setLevel(logging.INFO)
+    ballast = fill(small_disk, 64 * 1024)
+    done = threading.Event()
+
+    def action_output() -> None:
+        for i in range(1, 50_001):
+            LOG.info("line %d", i, extra={"session_id": "session-1"})
+        done.set()
+
+    reader = threading.Thread(target=action_output, daemon=True)
+    reader.start()
+    try:
+        def waiting_for_room() -> bool:
+            frame = sys._current_frames().get(reader.ident or 0)
+            while frame is not None:
+                if frame.f_code.co_name == "_wait_for_room":
+                    return True
+                frame = frame.f_back
+            return False
+
+        for _ in range(1200):
+            if queue.problem and waiting_for_room():
+                break
+            await asyncio.sleep(0.05)
+        assert queue.problem and "is full" in queue.problem
+        assert waiting_for_room() and not done.is_set(), "the reading thread waits, the lines are not dropped"
+        ballast.unlink()
+        assert await asyncio.to_thread(done.wait, 60)
+    finally:
+        router.uninstall()
+        LOG.setLevel(level)
+    await queue.commit_logs()
+    drain = asyncio.ensure_future(queue.run_drain())
+    await sink.wait(lambda: sink.log_of("t").endswith("line 50000\n"), 60)
+    drain.cancel()
+    await asyncio.gather(drain, return_exceptions=True)
+    await queue.close()
+    assert sink.log_of("t") == "".join(f"line {i}\n" for i in range(1, 50_001))

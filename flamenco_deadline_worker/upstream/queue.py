@@ -173,6 +173,11 @@ class TaskUpdateQueue:
         elif self._flush_handle is None:
             self._schedule_commit(self.log_commit_interval)
 
+    @property
+    def log_buffer_full(self) -> bool:
+        """True while readers should wait for ``room()`` (cheap; readable from another thread)."""
+        return self._pending_bytes >= self.pending_max_bytes
+
     async def room(self) -> None:
         """Return once the log buffer has room: at once, unless commits fall behind or fail.
 
