@@ -100,16 +100,21 @@ async def test_rows_fit_in_one_task_update(tmp_path: Path) -> None:
         queue.put_log("a" if i % 100 < 50 else "b", f"{i:09d}\n")
     queue.put_log("a", "".join(f"{i:099d}\n" for i in range(30)))  # 3,000 characters in one call
     queue.put_log("a", "y" * 2500 + "\n")  # one line longer than the limit: a row of its own
+    queue.put_log("b", "after the long line\n")
     await queue.commit_logs()
     await queue.close()
     with sqlite3.connect(db) as conn:
         rows = [(t, json.loads(p)["log"]) for t, p in conn.execute("SELECT task_id, payload FROM updates ORDER BY id")]
-    assert all(len(text) <= 1000 for _, text in rows[:-1]), [len(t) for _, t in rows]
-    assert rows[-1][1] == "y" * 2500 + "\n"
+    assert rows[-1] == ("b", "after the long line\n")
+    assert rows[-2] == ("a", "y" * 2500 + "\n")
+    assert all(len(text) <= 1000 for _, text in rows[:-2]), [len(t) for _, t in rows]
     assert all(text.endswith("\n") for _, text in rows)
     assert "".join(text for task, text in rows if task == "a") == "".join(
         [f"{i:09d}\n" for i in range(300) if i % 100 < 50]
         + [f"{i:099d}\n" for i in range(30)] + ["y" * 2500 + "\n"]
+    )
+    assert "".join(text for task, text in rows if task == "b") == "".join(
+        [f"{i:09d}\n" for i in range(300) if i % 100 >= 50] + ["after the long line\n"]
     )
 
 

@@ -274,7 +274,7 @@ class TaskUpdateQueue:
         if problem == self.problem:
             log.debug("commit failed again: %s", exc)
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.problem is None:
             self._problem_since = now
         self.problem = problem
@@ -296,10 +296,10 @@ class TaskUpdateQueue:
         if self.problem is None:
             return
         log.log(
-            logging.DEBUG if time.monotonic() - self._last_said[1] < PROBLEM_REPEAT_SECONDS
+            logging.DEBUG if self.clock.monotonic() - self._last_said[1] < PROBLEM_REPEAT_SECONDS
             and self._last_said[1] < self._problem_since else logging.WARNING,
             "the update queue %s is writable again after %.0f s; task output flows again",
-            self.store.path, time.monotonic() - self._problem_since,
+            self.store.path, self.clock.monotonic() - self._problem_since,
         )
         self.problem = None
         if self.on_problem is not None:
@@ -313,7 +313,7 @@ class TaskUpdateQueue:
         rows: list[tuple[str, float, int, str]] = []
         if not count:
             return rows, 0
-        now = time.time()
+        now = self.clock.time()
         limit = self.push_log_max_bytes
         nbytes = 0
         current_task = self._pending[0][0]
@@ -321,13 +321,13 @@ class TaskUpdateQueue:
         size = 0
         for task_id, text in self._pending[:count]:
             nbytes += len(text)
-            if task_id != current_task or (parts and size + len(text) > limit):
+            if parts and (task_id != current_task or size + len(text) > limit):
                 rows.append(self._log_row(current_task, "".join(parts), now))
-                current_task, parts, size = task_id, [], 0
+                parts, size = [], 0
+            current_task = task_id
             if len(text) > limit:
                 # Many lines at once (e.g. one put_log of a whole file): rows of whole lines.
-                for piece in _line_groups(text, limit):
-                    rows.append(self._log_row(task_id, piece, now))
+                rows.extend(self._log_row(task_id, piece, now) for piece in _line_groups(text, limit))
                 continue
             parts.append(text)
             size += len(text)
