@@ -341,7 +341,7 @@ class TaskUpdateQueue:
 
     def _row(self, update: Update) -> tuple[str, float, int, str]:
         payload = json.dumps(update.to_json(), ensure_ascii=False)
-        return (update.task_id, time.time(), len(update.log) + 64, payload)
+        return (update.task_id, self.clock.time(), len(update.log) + 64, payload)
 
     async def _insert(self, rows: list[tuple[str, float, int, str]]) -> None:
         rows = [r for r in rows if r[0] not in self._gone]

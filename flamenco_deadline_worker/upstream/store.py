@@ -50,8 +50,9 @@ BUSY_TIMEOUT_SECONDS = 5.0
 # While opening: a shorter wait per try, so the log says soon that the file is locked.
 OPEN_BUSY_TIMEOUT_SECONDS = 1.0
 LOCKED_REMINDER_SECONDS = 30.0
-# Free pages worth giving back once the queue is empty.
+# Free pages worth giving back once the queue is empty; tries while the connection is busy.
 RECLAIM_MIN_BYTES = 1024 * 1024
+RECLAIM_TRIES = 50
 # The write-ahead log is cut back to this after a checkpoint, instead of keeping its largest size.
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
@@ -124,6 +125,8 @@ class UpdateStore:
         self._db: aiosqlite.Connection | None = None
         self._moved_aside = False
         self._tx = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._reclaim: asyncio.Future[None] | None = None
+        self._reclaim_wanted = False
 
     async def open(self) -> None:
         try:
@@ -261,6 +264,10 @@ class UpdateStore:
         return self._db
 
     async def close(self) -> None:
+        reclaim, self._reclaim = self._reclaim, None
+        if reclaim is not None:
+            reclaim.cancel()
+            await asyncio.gather(reclaim, return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -295,42 +302,73 @@ class UpdateStore:
             return
         marks = ",".join("?" * len(ids))
         await self.db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
-        await self.reclaim_if_empty()
+        self._reclaim_soon()
 
     async def delete_task(self, task_id: str) -> int:
         async with self.db.execute("DELETE FROM updates WHERE task_id = ?", (task_id,)) as cur:
             count = cur.rowcount
-        await self.reclaim_if_empty()
+        self._reclaim_soon()
         return count
 
-    async def reclaim_if_empty(self) -> int:
-        async with self._tx:  # executescript() would commit another coroutine's open transaction
-            return await self._reclaim_if_empty()
+    def _reclaim_soon(self) -> None:
+        """After rows went: give space back in a task of its own, so a delete is done once committed
+        (a failure here must never look like the delete failing)."""
+        self._reclaim_wanted = True  # a running task looks again: it may have looked just before
+        if self._db is not None and (self._reclaim is None or self._reclaim.done()):
+            self._reclaim = asyncio.ensure_future(self._reclaim_quietly())
 
-    async def _reclaim_if_empty(self) -> int:
+    async def _reclaim_quietly(self) -> None:
+        while self._reclaim_wanted:
+            self._reclaim_wanted = False
+            try:
+                await self.reclaim_if_empty()
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's "no active connection"
+                log.debug("giving space back failed (%s); trying after the next drain", exc)
+                return
+
+    async def reclaim_if_empty(self) -> int:
+        for _ in range(RECLAIM_TRIES):
+            async with self._tx:  # executescript() would commit another coroutine's open transaction
+                given = await self._reclaim_if_empty()
+            if given is not None:
+                return given
+            await asyncio.sleep(0.1)  # another statement of this connection is still being read
+        return 0
+
+    async def _reclaim_if_empty(self) -> int | None:
         """Once every update is delivered, give the file's free pages back and cut the write-ahead
-        log to nothing; answers the bytes given back.  A queue that never empties keeps its pages
+        log to nothing; answers the bytes given back, None to be tried again shortly (another
+        statement of this connection is being read).  A queue that never empties keeps its pages
         for reuse, which costs nothing."""
         db = self.db
         async with db.execute("SELECT EXISTS (SELECT 1 FROM updates)") as cur:
             row = await cur.fetchone()
         if row is None or row[0]:
             return 0
-        free_pages, page_size = await self._pragma_int("freelist_count"), await self._pragma_int("page_size")
-        if free_pages * page_size < RECLAIM_MIN_BYTES:
+        free = await self._pragma_int("freelist_count") * await self._pragma_int("page_size")
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        if free < RECLAIM_MIN_BYTES and wal_size < RECLAIM_MIN_BYTES:
             return 0
         before = self._size_on_disk()
         try:
-            # Each step of this pragma frees one page, and execute() steps a row-less statement only
-            # once: executescript() runs it to the end.
-            await db.executescript("PRAGMA incremental_vacuum;")
+            if free >= RECLAIM_MIN_BYTES:
+                # Each step of this pragma frees one page, and execute() steps a row-less statement
+                # only once: executescript() runs it to the end.
+                await db.executescript("PRAGMA incremental_vacuum;")
+            # In WAL mode the file shrinks only when the checkpoint copies the vacuum into it.
             async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-                await cur.fetchall()
+                busy = await cur.fetchone()
+            if busy is not None and busy[0]:
+                return None
         except sqlite3.Error as exc:
+            if is_busy(exc):
+                return None
             log.debug("giving space back failed (%s); trying after the next drain", exc)
             return 0
         given = max(0, before - self._size_on_disk())
-        log.info("update queue %s is empty: gave %.1f MiB back to the file system", self.path, given / 2**20)
+        if given:
+            log.info("update queue %s is empty: gave %.1f MiB back to the file system", self.path, given / 2**20)
         return given
 
     async def _pragma_int(self, name: str) -> int:
@@ -364,7 +402,7 @@ class UpdateStore:
         db = self.db
         async with self._tx:
             await self._consume(db, ids, rest)
-        await self.reclaim_if_empty()
+        self._reclaim_soon()
 
     async def _consume(self, db: aiosqlite.Connection, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
         await db.execute("BEGIN")

@@ -227,8 +227,8 @@ class ServiceState:
         if status == "STARTED":
             if worker.status in ("STOPPING", "NOT_COMPATIBLE"):
                 raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
-            if worker.status == "STARTED" and self._open_sessions(worker):
-                self.violations.append("UpdateWorker STARTED while the worker held sessions")
+            # STARTED again while holding sessions is an agent restarting after a crash: allowed
+            # (the protocol's start-up workflow); what it then reports for them is checked as usual.
         elif status == "STOPPED":
             self._release_work(worker)
         if status:
