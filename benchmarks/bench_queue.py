@@ -19,9 +19,10 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from flamenco_deadline_worker.backends.base import DeliveryResult, Task, Update
+from flamenco_deadline_worker.core.model import DeliveryResult, Head, Task, Update
 from flamenco_deadline_worker.runner.process import LineSplitter
 from flamenco_deadline_worker.runner.runner import TaskReporter
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -30,8 +31,13 @@ TARGET_LINES_PER_S = 100_000
 
 
 class NullSink:
-    async def deliver(self, update: Update) -> DeliveryResult:
-        return DeliveryResult.delivered()
+    max_log_lines: int | None = None
+
+    def batch_key(self, task_id: str) -> str:
+        return task_id
+
+    async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
+        return [DeliveryResult.ok(len(head.updates)) for head in heads]
 
 
 async def new_queue(directory: Path, name: str) -> TaskUpdateQueue:

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 
-from flamenco_deadline_worker import __version__
-from flamenco_deadline_worker.config import WorkerConfig
-from flamenco_deadline_worker.presence import service_presence
+from flamenco_deadline_worker import __version__, private
+from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
+from flamenco_deadline_worker.presence import service_presence, state_file
+from flamenco_deadline_worker.runner import containment
+from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
 from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
@@ -26,11 +28,21 @@ def process_limits(config: WorkerConfig) -> ProcessLimits:
     )
 
 
+def file_rules(config: WorkerConfig) -> FileRules:
+    """File commands act in the work directory and ``file_command_roots``, never on the worker's own files."""
+    db = str(config.task_update_queue_db)
+    protected = (
+        str(config.home_config), db, db + "-wal", db + "-shm", db + "-journal", str(config.logs_dir),
+        str(state_file(config)), str(config.home / containment.RECORD_NAME), str(SYSTEM_CONFIG.parent),
+    )
+    return FileRules(roots=(str(config.work_dir), *config.file_command_roots), protected=protected)
+
+
 async def run_flamenco(
     config: WorkerConfig, stop_event: asyncio.Event, *, single: bool = False, reregister: bool = False
 ) -> int:
     from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
-    from flamenco_deadline_worker.worker import FlamencoWorker
+    from flamenco_deadline_worker.core.worker import FlamencoWorker
 
     log.info(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",
@@ -42,6 +54,7 @@ async def run_flamenco(
         log.error("%s", exc)
         return 2
     backend = FlamencoBackend(config, reregister=reregister)
+    private.touch(config.task_update_queue_db)  # SQLite gives its -wal and -shm files this file's mode
     queue = TaskUpdateQueue(
         config.task_update_queue_db,
         backend,
@@ -49,6 +62,8 @@ async def run_flamenco(
         push_log_max_interval=config.push_log_max_interval_seconds,
     )
     await queue.open()
+    # Before any task runs: processes a killed worker left behind on this home are found and killed.
+    holder = containment.setup(config.home, config.process_containment)
     runner = TaskRunner(
         queue,
         work_root=config.work_dir,
@@ -56,6 +71,7 @@ async def run_flamenco(
         limits=process_limits(config),
         run_as=RunAs(config.job_user) if config.job_user else None,
         activity_interval=config.push_act_max_interval_seconds,
+        file_rules=file_rules(config),
     )
     worker = FlamencoWorker(config, backend, queue, runner, single=single)
     worker.stop_event = stop_event
@@ -75,4 +91,5 @@ async def run_flamenco(
                 await drain
             await queue.close()
             await backend.close()
+            holder.close()
             home_lock.release()

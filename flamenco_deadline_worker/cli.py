@@ -3,8 +3,8 @@
 Exit codes: 0 done (stopped, or sent offline); 1 unexpected error; 2 bad configuration or usage;
 3 the Manager refused this worker's credentials even after registering again; 4 stopped at once by a
 second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks for a restart.
-`flamenco-worker flush`: 0 all delivered, 1 some updates still queued, 2 configuration, 5 the worker is
-running (it delivers its own backlog).
+`flamenco-worker flush`: 0 all delivered (or nothing queued), 1 some updates still queued, 2 configuration,
+5 the worker is running (it delivers its own backlog).
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     """Run the worker; ``may_reexec``: this call is the whole process (the command line), so it may
     replace itself with an optimized interpreter first (see ``optimized``)."""
     args = worker_parser().parse_args(argv)
+    from flamenco_deadline_worker.optimized import take_handover
+
+    take_handover()
     from flamenco_deadline_worker import config as cfg
     from flamenco_deadline_worker import logs
 
@@ -129,10 +132,11 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     except cfg.ConfigError as exc:
         print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
-    if may_reexec and config.backend == "deadline" and config.deadline_python_optimize:
-        from flamenco_deadline_worker.optimized import reexec_optimized
+    if may_reexec and config.backend == "deadline":
+        # Under -OO, and without the host's AWS keys in the environment /proc shows (see optimized).
+        from flamenco_deadline_worker import optimized, taskenv
 
-        reexec_optimized()
+        optimized.reexec(optimize=config.deadline_python_optimize, withhold=taskenv.HOST_CREDENTIAL_VARIABLES)
     logs.setup(
         level=config.log_level,
         logs_dir=config.logs_dir,

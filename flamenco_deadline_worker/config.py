@@ -32,6 +32,8 @@ HOME_CONFIG_NAME = ".flamenco-worker.cfg"
 ENV_PREFIX = "FLAMENCO_WORKER_"
 
 EXIT_CONFIG_ERROR = 2
+# Keys whose command-line flag is not simply --key-name, so error messages name the real flag.
+FLAGS = {"manager_url": "--manager"}
 
 
 class ConfigError(Exception):
@@ -61,6 +63,16 @@ def _backend(v: Any) -> str | None:
 def _log_level(v: Any) -> str | None:
     ok = ("debug", "info", "warning", "error")
     return None if v.lower() in ok else f"must be one of {', '.join(ok)}"
+
+
+def _containment(v: Any) -> str | None:
+    ok = ("auto", "cgroup", "subreaper", "process-group")
+    return None if v in ok else f"must be one of {', '.join(ok)}"
+
+
+def _absolute_paths(v: Any) -> str | None:
+    relative = [p for p in v if not Path(p).expanduser().is_absolute()]
+    return f"must list absolute paths, not {relative!r}" if relative else None
 
 
 def _url(v: Any) -> str | None:
@@ -122,6 +134,9 @@ KEYS: tuple[Key, ...] = (
         "No new task is fetched while undelivered updates exceed this size.", _positive),
     Key("shutdown_flush_seconds", float, 10.0, "How long shutdown tries to deliver queued updates.",
         _non_negative),
+    Key("update_timeout_seconds", float, 60.0,
+        "How long a task update may take; after a timeout it is sent again with twice as long (up to 10 min).",
+        _positive),
     Key("kill_grace_seconds", float, 10.0, "Time between SIGTERM and SIGKILL when a task is aborted.",
         _non_negative),
     Key("command_timeout_seconds", float, 0.0, "Fail a command running longer than this (0: no limit).",
@@ -129,6 +144,12 @@ KEYS: tuple[Key, ...] = (
     Key("no_output_timeout_seconds", float, 0.0,
         "Fail a command printing nothing for this long (0: no limit).", _non_negative),
     Key("job_user", str, "", "Run task processes as this user (empty: as the worker's user)."),
+    Key("file_command_roots", list, [],
+        "Directories (absolute) where make-directory, move-directory and copy-file may act, besides work_dir.",
+        _absolute_paths),
+    Key("process_containment", str, "auto",
+        "How task processes are held: auto, cgroup, subreaper or process-group (the best one that works).",
+        _containment),
     Key("oom_score_adj", int, 500, "oom_score_adj of task processes, so the kernel kills them first.", _oom),
     Key("restart_exit_code", int, 47, "Exit code when the Manager asks the worker to restart.", _exit_code),
     Key("structured_logs", bool, False, "Write the agent log as one JSON object per line."),
@@ -170,10 +191,13 @@ class WorkerConfig:
     push_act_max_interval_seconds: float
     queue_backlog_max_bytes: int
     shutdown_flush_seconds: float
+    update_timeout_seconds: float
     kill_grace_seconds: float
     command_timeout_seconds: float
     no_output_timeout_seconds: float
     job_user: str
+    file_command_roots: tuple[str, ...]
+    process_containment: str
     oom_score_adj: int
     restart_exit_code: int
     structured_logs: bool
@@ -216,9 +240,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     return table
 
 
-def _convert(key: Key, value: Any, source: str) -> Any:
-    """Check (and, for env vars, parse) one value; ConfigError as `source: key: problem`."""
-    if isinstance(value, str) and source.startswith("$") and key.type is not str:
+def _convert(key: Key, value: Any, source: str, from_text: bool = False) -> Any:
+    """Check (and, for text from env vars or --set, parse) one value; ConfigError as `source: key: problem`."""
+    if isinstance(value, str) and from_text and key.type is not str:
         value = _parse_env(key, value, source)
     if key.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -259,6 +283,11 @@ def _parse_env(key: Key, text: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key.name}: cannot read {text!r} as {key.type.__name__}")
 
 
+def parse_text(name: str, text: str, source: str) -> Any:
+    """One value given as text (e.g. `--set KEY=VALUE`), parsed and checked; ConfigError names ``source``."""
+    return _convert(KEYS_BY_NAME[name], text, source, from_text=True)
+
+
 def load(
     *,
     config_files: Sequence[Path] | None = None,
@@ -292,17 +321,18 @@ def load(
     for key in KEYS:
         env_name = ENV_PREFIX + key.name.upper()
         if env_name in environ:
-            values[key.name] = _convert(key, environ[env_name], f"${env_name}")
+            values[key.name] = _convert(key, environ[env_name], f"${env_name}", from_text=True)
             sources[key.name] = f"${env_name}"
 
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        values[name] = _convert(KEYS_BY_NAME[name], value, f"--{name.replace('_', '-')}")
+        values[name] = _convert(KEYS_BY_NAME[name], value, FLAGS.get(name, f"--{name.replace('_', '-')}"))
         sources[name] = "command line"
 
     values["worker_name"] = values["worker_name"] or socket.gethostname()
     values["task_types"] = tuple(values["task_types"])
+    values["file_command_roots"] = tuple(str(Path(p).expanduser()) for p in values["file_command_roots"])
     values["log_level"] = values["log_level"].lower()
     for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()

@@ -19,10 +19,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
+from flamenco_deadline_worker import config as cfg
 from flamenco_deadline_worker.atomicfile import write_atomic
 
 EXIT_OK = 0
@@ -115,7 +116,7 @@ WantedBy=multi-user.target
 """
 
 
-def config_text(values: dict[str, str]) -> str:
+def config_text(values: dict[str, Any]) -> str:
     import json
 
     lines = [
@@ -126,6 +127,7 @@ def config_text(values: dict[str, str]) -> str:
         "[flamenco-worker]",
     ]
     for key, value in values.items():
+        # JSON's strings, numbers, true/false and lists of strings are also TOML.
         lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 
@@ -183,6 +185,10 @@ class Context:
 class Step(Protocol):
     def describe(self) -> str: ...
 
+    def skipped_with_root(self) -> bool:
+        """True for steps that touch the host itself (users, groups, systemctl): --root only prints them."""
+        ...
+
     def apply(self, ctx: Context) -> str:
         """Do it (unless already done); returns what happened, for the log."""
         ...
@@ -209,8 +215,22 @@ class InstallError(Exception):
     pass
 
 
+class _HostStep:
+    """A step that changes this host itself (users, groups, services), never a staging tree."""
+
+    def skipped_with_root(self) -> bool:
+        return True
+
+
+class _TreeStep:
+    """A step that writes files, under --root when given."""
+
+    def skipped_with_root(self) -> bool:
+        return False
+
+
 @attrs.frozen
-class Group:
+class Group(_HostStep):
     name: str
 
     def describe(self) -> str:
@@ -226,7 +246,7 @@ class Group:
 
 
 @attrs.frozen
-class User:
+class User(_HostStep):
     name: str
     home: Path
     groups: tuple[str, ...] = ()
@@ -254,7 +274,7 @@ class User:
 
 
 @attrs.frozen
-class Directory:
+class Directory(_TreeStep):
     path: Path
     mode: int
     owner: str | None = None
@@ -273,7 +293,7 @@ class Directory:
 
 
 @attrs.frozen
-class File:
+class File(_TreeStep):
     path: Path
     content: str = attrs.field(repr=False)
     mode: int
@@ -298,7 +318,7 @@ class File:
 
 
 @attrs.frozen
-class Symlink:
+class Symlink(_TreeStep):
     path: Path
     target: Path
 
@@ -316,7 +336,7 @@ class Symlink:
 
 
 @attrs.frozen
-class Remove:
+class Remove(_TreeStep):
     path: Path
     tree: bool = False
 
@@ -335,7 +355,7 @@ class Remove:
 
 
 @attrs.frozen
-class Command:
+class Command(_HostStep):
     argv: tuple[str, ...]
     check: bool = True
 
@@ -371,9 +391,10 @@ def default_exec() -> str:
     return f"{sys.executable} -m flamenco_deadline_worker"
 
 
-def install_plan(args: argparse.Namespace) -> list[Step]:
+def install_plan(args: argparse.Namespace, settings: dict[str, Any] | None = None) -> list[Step]:
+    """The steps; ``settings`` are the --set values, already parsed (see ``parse_settings``)."""
     user, job_group = args.user, args.job_group
-    config: dict[str, str] = {"backend": args.backend}
+    config: dict[str, Any] = {"backend": args.backend}
     if args.manager:
         config["manager_url"] = args.manager
     if args.farm_id:
@@ -386,9 +407,7 @@ def install_plan(args: argparse.Namespace) -> list[Step]:
         config["worker_name"] = args.worker_name
     config["logs_dir"] = str(LOGS_DIR)
     config["work_dir"] = str(WORK_DIR)
-    for item in args.set or ():
-        key, _, value = item.partition("=")
-        config[key.strip()] = value.strip()
+    config.update(settings or {})
 
     unit = unit_text(
         exec_start=args.exec or default_exec(), user=user, group=user, job_group=job_group,
@@ -450,7 +469,9 @@ def run_plan(steps: Sequence[Step], *, root: Path | None, dry_run: bool) -> int:
     if dry_run:
         ctx.say(f"dry run: these {len(steps)} steps would run{where}:")
         for i, step in enumerate(steps, 1):
-            ctx.say(f"  {i}. {step.describe()}")
+            skipped = root is not None and step.skipped_with_root()
+            ctx.say(f"  {i}. " + (f"skipped with --root, only printed: {step.describe()}" if skipped
+                                  else step.describe()))
         return EXIT_OK
     for i, step in enumerate(steps, 1):
         try:
@@ -501,14 +522,16 @@ def install_main(argv: Sequence[str]) -> int:
     problem = _check_host(args, "install")
     if problem is not None:
         return problem
-    error = _validate(args)
-    if error:
-        print(f"flamenco-worker install: {error}", file=sys.stderr)
+    try:
+        settings = parse_settings(args.set or ())
+        _validate(args, settings)
+    except cfg.ConfigError as exc:
+        print(f"flamenco-worker install: {exc}", file=sys.stderr)
         return EXIT_USAGE
     busy = _home_in_use(args, "install")
     if busy is not None:
         return busy
-    return run_plan(install_plan(args), root=args.root, dry_run=args.dry_run)
+    return run_plan(install_plan(args, settings), root=args.root, dry_run=args.dry_run)
 
 
 def _in_service(pid: int) -> bool:
@@ -542,28 +565,35 @@ def _home_in_use(args: argparse.Namespace, what: str) -> int | None:
     return EXIT_USAGE if refuse and not args.dry_run else None
 
 
-def _validate(args: argparse.Namespace) -> str | None:
-    """Check the configuration the flags make with the worker's own rules."""
-    from flamenco_deadline_worker import config as cfg
-
-    overrides: dict[str, object] = {"backend": args.backend, "manager_url": args.manager,
-                                    "farm_id": args.farm_id, "fleet_id": args.fleet_id, "job_user": args.job_user}
-    for item in args.set or ():
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """The --set KEY=VALUE items, each parsed and checked like the worker checks its configuration."""
+    settings: dict[str, Any] = {}
+    for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in cfg.KEYS_BY_NAME:
-            return f"--set {item!r}: expected KEY=VALUE with a key from worker.cfg.example"
+            raise cfg.ConfigError(f"--set {item!r}: expected KEY=VALUE with a key from worker.cfg.example")
         if cfg.KEYS_BY_NAME[key].secret:
-            return f"--set {key}: credentials are written by the worker itself, not by the installer"
-    env = {f"{cfg.ENV_PREFIX}{k.strip().upper()}": v.strip()
-           for k, _, v in (i.partition("=") for i in args.set or ())}
-    try:
-        config = cfg.load(config_files=[], home=Path("/nonexistent-flamenco-worker-home"),
-                          overrides=overrides, environ=env)
-        cfg.require_manager(config)
-    except cfg.ConfigError as exc:
-        return str(exc)
-    return None
+            raise cfg.ConfigError(f"--set {key}: credentials are written by the worker itself, not by the installer")
+        settings[key] = cfg.parse_text(key, value.strip(), f"--set {key}")
+    return settings
+
+
+def _validate(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Check the configuration the flags make with the worker's own rules; ConfigError names the flag."""
+    overrides: dict[str, Any] = {**settings, "backend": args.backend}
+    for key, flag_value in (("manager_url", args.manager), ("farm_id", args.farm_id),
+                            ("fleet_id", args.fleet_id), ("job_user", args.job_user)):
+        if flag_value is not None:
+            overrides[key] = flag_value
+    if args.backend == "flamenco" and not overrides.get("manager_url"):
+        raise cfg.ConfigError("--manager URL is required: the Flamenco Manager this worker works for, "
+                              "e.g. --manager http://manager:8080/")
+    if args.backend == "deadline" and not (overrides.get("farm_id") and overrides.get("fleet_id")):
+        raise cfg.ConfigError("--farm-id and --fleet-id are required with --backend deadline "
+                              "(the farm_id and fleet_id of the customer-managed fleet)")
+    # Only the flags are checked: a home without files keeps this host's configuration out of it.
+    cfg.load(config_files=[], home=Path("/nonexistent-flamenco-worker-home"), overrides=overrides, environ={})
 
 
 def uninstall_main(argv: Sequence[str]) -> int:

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flamenco_deadline_worker import private
+
 AGENT_LOG_NAME = "worker-agent.log"
 BOOTSTRAP_LOG_NAME = "worker-agent-bootstrap.log"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
@@ -28,6 +30,9 @@ JOURNAL_FORMAT = "%(name)s: %(message)s"
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 REDACTED = "********"
+# Third-party loggers whose DEBUG output holds payloads: kept at INFO or above.
+CHATTY_LOGGERS = ("aiosqlite", "botocore", "boto3", "s3transfer", "urllib3", "aiohttp.client",
+                  "aiohttp.internal", "charset_normalizer")
 
 
 class RedactSecrets(logging.Filter):
@@ -67,6 +72,22 @@ class RedactSecrets(logging.Filter):
         if isinstance(value, (list, tuple)):
             return [self._scrub(v) for v in value]
         return value
+
+
+class PrivateFileHandler(logging.FileHandler):
+    """A FileHandler whose file, when it creates one, is 0600."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=private.opener)
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler whose files (the rotated-in ones too) are 0600 when it creates them."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=private.opener)
 
 
 class JsonFormatter(logging.Formatter):
@@ -189,8 +210,8 @@ def setup(
         _bootstrap.buffer.addFilter(redact)
         root.addHandler(_bootstrap.buffer)
     elif bootstrap and logs_dir is not None:
-        logs_dir.mkdir(parents=True, exist_ok=True)
-        boot = logging.FileHandler(logs_dir / BOOTSTRAP_LOG_NAME, mode="w", encoding="utf-8")
+        private.make_dirs(logs_dir)
+        boot = PrivateFileHandler(logs_dir / BOOTSTRAP_LOG_NAME, mode="w", encoding="utf-8")
         boot.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
         boot.addFilter(redact)
         for record in buffered:
@@ -201,8 +222,8 @@ def setup(
         _opened.append(boot)
 
     if logs_dir is not None:
-        logs_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        private.make_dirs(logs_dir)
+        file_handler = PrivateRotatingFileHandler(
             logs_dir / AGENT_LOG_NAME, maxBytes=20 * 1024 * 1024, backupCount=5, encoding="utf-8"
         )
         file_handler.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
@@ -210,4 +231,9 @@ def setup(
         root.addHandler(file_handler)
         _opened.append(file_handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Their DEBUG records carry SQL parameters, request and answer bodies, credentials: never let them
+    # through, whatever the worker's own level (-v).
+    for name in CHATTY_LOGGERS:
+        chatty = logging.getLogger(name)
+        chatty.setLevel(max(chatty.level, logging.INFO))
     return redact

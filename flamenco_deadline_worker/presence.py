@@ -43,7 +43,7 @@ def task_log_file(logs_dir: Path, job_id: str, task_id: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o644)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", 0o600)
 
 
 def pid_alive(pid: int) -> bool:
@@ -144,7 +144,7 @@ class StatusPublisher:
         self.data["state"] = state
         self._write()
         if previous != state:
-            records.worker_status(str(self.data["worker_id"]), state, previous)
+            records.worker_status(str(self.data["worker_id"] or "(not signed on yet)"), state, previous)
         self.notifier.status(self._systemd_status())
 
     def task_started(self, task: Task) -> None:
@@ -159,9 +159,13 @@ class StatusPublisher:
         self.notifier.status(self._systemd_status())
 
     def task_finished(self, task: Task, outcome: str) -> None:
+        self.work_finished(task.id, task.job_id, outcome)
+
+    def work_finished(self, task_id: str, job_id: str, outcome: str) -> None:
+        """One task is done (a Flamenco task, a Deadline taskRun action): counted in tasks_run."""
         self.data["current_task"] = None
         self.data["tasks_run"] = int(self.data["tasks_run"]) + 1
-        self.data["last_task"] = {"id": task.id, "job_id": task.job_id, "outcome": outcome, "ended_at": time.time()}
+        self.data["last_task"] = {"id": task_id, "job_id": job_id, "outcome": outcome, "ended_at": time.time()}
         self._write()
         self.notifier.status(self._systemd_status())
 

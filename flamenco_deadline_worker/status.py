@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -77,7 +78,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
             saved = {"error": f"cannot read {path}: {exc}"}
     pid = int(saved.get("pid") or 0)
     held_by = homelock.holder(config.home)
-    if held_by is not None:
+    if held_by is not None and held_by != os.getpid():  # (flush holds it itself while it works)
         running, pid = True, held_by or pid  # the home lock is the authority while it is held
     elif homelock.lock_path(config.home).exists():
         running = False  # a worker that takes the lock has stopped; the pid may be someone else's now
@@ -112,7 +113,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
     }
 
 
-def _size(n: int | None) -> str:
+def human_size(n: int | None) -> str:
     if n is None:
         return "?"
     size = float(n)
@@ -142,7 +143,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"queue:        unknown ({backlog['note']})")
     else:
         lines.append(
-            f"queue:        {backlog['count']} undelivered update(s), {_size(backlog['bytes'])}"
+            f"queue:        {backlog['count']} undelivered update(s), {human_size(backlog['bytes'])}"
             + (f", oldest {age:.0f} s old" if age is not None else "")
         )
         if backlog["note"]:
@@ -195,7 +196,8 @@ def status_main(argv: Sequence[str]) -> int:
 
 def flush_main(argv: Sequence[str]) -> int:
     p = _parser("flush", "Deliver the queued updates of a stopped worker, then exit "
-                "(0 when everything went, 1 when some stay queued).")
+                "(0 when everything went or nothing was queued, 1 when some stay queued, 2 configuration, "
+                "5 the worker is running).")
     p.add_argument("--manager", metavar="URL", help="Flamenco Manager URL (manager_url)")
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -206,13 +208,12 @@ def flush_main(argv: Sequence[str]) -> int:
     logs.setup(level="debug" if args.verbose else "info")
     try:
         config = _load(args, {"manager_url": args.manager})
-        cfg.require_manager(config)
     except cfg.ConfigError as exc:
         print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
     logs.setup(level=config.log_level if not args.verbose else "debug", secrets=[config.worker_secret])
     try:
-        # Held while flushing: a worker started meanwhile waits its turn instead of draining the same queue.
+        # Held while flushing: a worker started meanwhile exits 2 instead of draining the same queue.
         home_lock = homelock.HomeLock.acquire(config.home)
     except homelock.HomeLocked as exc:
         print(f"flamenco-worker flush: the worker is running (pid {exc.pid or 'unknown'}, home {config.home}) and "
@@ -223,25 +224,43 @@ def flush_main(argv: Sequence[str]) -> int:
         print(f"flamenco-worker flush: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _flush_locked(config, args.timeout)
+        return _flush_locked(args, config)
     finally:
         home_lock.release()
 
 
-def _flush_locked(config: WorkerConfig, timeout: float) -> int:
-    if config.backend != "flamenco":
-        print(f"flamenco-worker flush: backend {config.backend!r} is not supported yet; start the worker "
+def _flush_locked(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from flamenco_deadline_worker import config as cfg
+
+    info = collect(config)
+    if info["running"]:
+        print(f"flamenco-worker flush: the worker is running (pid {info['pid']}) and delivers its own updates; "
+              "stop it first (e.g. systemctl stop flamenco-worker) to flush by hand.", file=sys.stderr)
+        return EXIT_WORKER_RUNNING
+    if info["backlog"]["count"] == 0:
+        print(f"nothing to deliver: no update is queued in {config.task_update_queue_db}")
+        return EXIT_OK
+    if info["backend"] != "flamenco":  # the backend the worker last ran with, e.g. --backend deadline
+        print(f"flamenco-worker flush: backend {info['backend']!r} is not supported yet; start the worker "
               "instead, it delivers its backlog first.", file=sys.stderr)
         return EXIT_USAGE
-    if not (config.worker_id and config.worker_secret):
-        print(f"flamenco-worker flush: no worker credentials in {config.home_config}; nothing can be delivered "
-              "without them.", file=sys.stderr)
-        return EXIT_NOT_ALL_DELIVERED
-    from flamenco_deadline_worker.config import ConfigError
-
+    if not config.manager_url and info["service"]:
+        # The worker was started with --manager: its state file remembers the URL.
+        config = _load(args, {"manager_url": info["service"]})
+        print(f"using the Manager the worker last ran against: {config.manager_url} "
+              f"(from {state_file(config)}; --manager URL to choose another)")
     try:
-        return asyncio.run(_flush(config, timeout))
-    except ConfigError as exc:  # e.g. a queue file that cannot be opened where it is
+        cfg.require_manager(config)
+    except cfg.ConfigError as exc:
+        print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
+        return cfg.EXIT_CONFIG_ERROR
+    if not (config.worker_id and config.worker_secret):
+        print(f"flamenco-worker flush: {info['backlog']['count']} update(s) are queued but there are no worker "
+              f"credentials in {config.home_config}; nothing can be delivered without them.", file=sys.stderr)
+        return EXIT_NOT_ALL_DELIVERED
+    try:
+        return asyncio.run(_flush(config, args.timeout))
+    except cfg.ConfigError as exc:  # e.g. a queue file that cannot be opened where it is
         print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -257,7 +276,7 @@ async def _flush(config: WorkerConfig, timeout: float) -> int:
     )
     await queue.open()
     before = await queue.backlog()
-    print(f"delivering {before.count} queued update(s) ({_size(before.nbytes)}) to {config.manager_url}",
+    print(f"delivering {before.count} queued update(s) ({human_size(before.nbytes)}) to {config.manager_url}",
           flush=True)
     drain = asyncio.ensure_future(queue.run_drain())
     try:
@@ -271,7 +290,7 @@ async def _flush(config: WorkerConfig, timeout: float) -> int:
     if done:
         print(f"all {before.count} update(s) delivered ({queue.delivered_updates} request(s))")
         return EXIT_OK
-    print(f"flamenco-worker flush: {after.count} update(s) ({_size(after.nbytes)}) still queued after "
+    print(f"flamenco-worker flush: {after.count} update(s) ({human_size(after.nbytes)}) still queued after "
           f"{timeout:g} s; the Manager may be unreachable (see the lines above). They stay in "
           f"{config.task_update_queue_db} for the next start or flush.", file=sys.stderr)
     return EXIT_NOT_ALL_DELIVERED

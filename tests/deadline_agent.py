@@ -12,6 +12,9 @@ from typing import Any
 
 from flamenco_deadline_worker.testing.deadline_emulator import DeadlineEmulator, Faults, Options, make_job
 
+# DEADLINE_EMULATOR_LATENCY_MS=50 runs the agent tests against a service that answers in 50 ms a call.
+SERVICE_LATENCY_MS = float(os.environ.get("DEADLINE_EMULATOR_LATENCY_MS") or 0)
+
 # Host variables a test must not pass on: the emulator hands out its own credentials and endpoints.
 DROPPED_ENV_PREFIXES = ("AWS_", "NOTIFY_SOCKET", "WATCHDOG_")
 
@@ -82,7 +85,9 @@ def agent_runner(tmp_path: Path) -> Iterator[Start]:
         parameters: Mapping[str, Any] | None = None,
     ) -> tuple[DeadlineEmulator, DeadlineAgentProcess]:
         job = make_job(template, parameters)
-        emu = DeadlineEmulator(job, options or Options(update_interval_seconds=2), faults).start()
+        emu = DeadlineEmulator(
+            job, options or Options(update_interval_seconds=2), faults, latency_ms=SERVICE_LATENCY_MS
+        ).start()
         agent = DeadlineAgentProcess(emu, tmp_path / "home", config, env)
         started.append((emu, agent))
         return emu, agent

@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 import pytest
 
-from flamenco_deadline_worker.backends.base import CommandSpec, DeliveryResult, Task, Update
+from flamenco_deadline_worker.core.model import CommandSpec, DeliveryResult, Head, Task, Update
+from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -36,12 +37,18 @@ needs_ffmpeg = pytest.mark.skipif(
 class RecordingSink:
     """An UpdateSink that accepts everything and keeps it."""
 
+    max_log_lines: int | None = None
+
     def __init__(self) -> None:
         self.updates: list[Update] = []
 
-    async def deliver(self, update: Update) -> DeliveryResult:
-        self.updates.append(update)
-        return DeliveryResult.delivered()
+    def batch_key(self, task_id: str) -> str:
+        return task_id
+
+    async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
+        for head in heads:
+            self.updates.extend(head.updates)
+        return [DeliveryResult.ok(len(head.updates)) for head in heads]
 
 
 @attrs.define
@@ -80,6 +87,7 @@ class Harness:
         *,
         limits: ProcessLimits | None = None,
         run_as: RunAs | None = None,
+        file_rules: FileRules | None = None,
     ) -> None:
         self.home = home
         self.sink = RecordingSink()
@@ -93,6 +101,8 @@ class Harness:
             run_as=run_as,
             activity_interval=0.0,
             on_output=lambda _task, path: self.outputs.append(path),
+            # File commands in these tests act beside the home, in the test's own tmp_path.
+            file_rules=file_rules or FileRules(roots=(str(home.parent),)),
         )
         self._drain: asyncio.Task[None] | None = None
         self._count = 0

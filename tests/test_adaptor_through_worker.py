@@ -31,7 +31,8 @@ from conftest import RecordingManager, WorkerStarter, pid_alive, until, wait_awa
 from flamenco_deadline_worker.testing.blender_scene import make_scene
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+# The two patterns are documented on the adaptors page (they were in README.md before it moved to docs/).
+README = HERE.parent / "docs" / "adaptors.md"
 FIXTURES = HERE / "adaptor_fixtures"
 VENV_BIN = Path(sys.executable).parent
 BLENDER_MODULE = "flamenco_deadline_worker.adaptors.blender"
@@ -83,7 +84,7 @@ def assert_png(path: Path) -> None:
 
 def readme_flamenco_example() -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split("### Flamenco: a job type whose tasks share a warm Blender", 1)[1]
+    section = text.split("## Flamenco: a job type whose tasks share a warm Blender", 1)[1]
     return section.split("```js\n", 1)[1].split("```", 1)[0]
 
 
@@ -197,7 +198,7 @@ def readme_job_template(module: str) -> dict[str, Any]:
     """The job template of the README's "Open Job Description: a step environment", adaptor module swapped."""
     yaml = pytest.importorskip("yaml")
     text = README.read_text(encoding="utf-8")
-    section = text.split("### Open Job Description: a step environment", 1)[1]
+    section = text.split("## Open Job Description: a step environment", 1)[1]
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     return yaml.safe_load(block.replace(BLENDER_MODULE, module))
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_commands import cmd, harness
+from helpers_commands import Harness, cmd, command_json, harness, task_json, worker_output, worker_process
 
 from flamenco_deadline_worker.runner.commands import base as commands
+from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.runner import Outcome
+from flamenco_deadline_worker.testing.manager import LocalManager
 
 
 async def test_make_directory_creates_parents_and_accepts_existing(tmp_path: Path) -> None:
@@ -163,3 +171,166 @@ def test_file_commands_are_in_the_file_management_family() -> None:
     assert commands.find("blender-render").task_type == "blender"
     assert commands.find("frames-to-video").task_type == "ffmpeg"
     assert commands.find("exec").task_type == "misc"
+
+
+# ---- where file commands may act ----------------------------------------------------------------
+
+
+def rules_for(allowed: Path, *protected: Path) -> FileRules:
+    return FileRules(roots=(str(allowed),), protected=tuple(str(p) for p in protected))
+
+
+@pytest.mark.parametrize(
+    ("case", "param"),
+    [
+        ("outside", "src"),
+        ("dot-dot", "src"),
+        ("symlink-to-outside", "src"),
+        ("dest-through-symlinked-dir", "dest"),
+        ("worker-file", "src"),
+    ],
+)
+async def test_copy_file_refuses_paths_outside_the_roots_after_resolving(
+    tmp_path: Path, case: str, param: str
+) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("not for jobs")
+    own_file = allowed / "worker-credentials.cfg"
+    own_file.write_text("worker_secret = 'x'")
+    (allowed / "link").symlink_to(secret)
+    (allowed / "linkdir").symlink_to(outside, target_is_directory=True)
+    src, dest = str(secret), str(allowed / "copy.txt")
+    if case == "dot-dot":
+        src = f"{allowed}/../outside/secret.txt"
+    elif case == "symlink-to-outside":
+        src = str(allowed / "link")
+    elif case == "dest-through-symlinked-dir":
+        src, dest = str(own_file.with_name("ok.txt")), str(allowed / "linkdir" / "planted.txt")
+        Path(src).write_text("fine")
+    elif case == "worker-file":
+        src = str(own_file)
+    async with harness(tmp_path / "home", file_rules=rules_for(allowed, own_file)) as h:
+        run = await h.run(cmd("copy-file", src=src, dest=dest))
+    assert run.outcome is Outcome.FAILED, run.log
+    message = run.final_activity
+    assert f"parameter '{param}'" in message and "nothing done" in message, message
+    if case == "worker-file":
+        assert "the worker's own files" in message, message
+    else:
+        assert "outside the allowed directories (file_command_roots" in message, message
+        assert repr(str(allowed)) in message, message
+    if case in ("dot-dot", "symlink-to-outside"):
+        assert f"(resolved: {str(secret)!r})" in message, message
+    assert not (allowed / "copy.txt").exists() and not (outside / "planted.txt").exists()
+
+
+async def test_move_directory_may_not_carry_away_the_worker_files(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "home" / "logs").mkdir(parents=True)
+    async with harness(tmp_path / "home", file_rules=rules_for(allowed, allowed / "home" / "logs")) as h:
+        run = await h.run(cmd("move-directory", src=str(allowed / "home"), dest=str(allowed / "elsewhere")))
+    assert run.outcome is Outcome.FAILED
+    assert "the worker's own files" in run.final_activity
+    assert (allowed / "home" / "logs").is_dir()
+
+
+async def test_by_default_only_the_work_directory_is_allowed(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "home") as h:
+        h.runner.file_rules = FileRules(roots=(str(h.runner.work_root),))
+        run = await h.run(cmd("make-directory", path=str(tmp_path / "anywhere")))
+    assert run.outcome is Outcome.FAILED
+    assert "outside the allowed directories" in run.final_activity
+    assert not (tmp_path / "anywhere").exists()
+
+
+# ---- with job_user, as root: the job user's rights ----------------------------------------------
+
+
+@pytest.fixture
+def job_user() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it creates a user (useradd) and the worker switches to it")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("needs useradd/userdel (Debian package passwd)")
+    name = f"fdwfiles{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def open_home() -> Iterator[Path]:
+    """A directory the job user can traverse (pytest's tmp_path lives under a 0700 directory)."""
+    root = Path(tempfile.mkdtemp(prefix="fdw-files-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_file_commands_run_with_the_job_users_rights_inside_the_roots(job_user: str, open_home: Path) -> None:
+    entry = pwd.getpwnam(job_user)
+    shared = open_home / "shared"
+    (shared / "theirs").mkdir(parents=True)
+    os.chown(shared / "theirs", entry.pw_uid, entry.pw_gid)
+    (shared / "root-only").mkdir(mode=0o755)
+    root_file = shared / "root-secret.txt"
+    root_file.write_text("root's")
+    root_file.chmod(0o600)
+    (shared / "theirs" / "in.txt").write_text("frame")
+    (shared / "theirs" / "in.txt").chmod(0o644)
+    cases = {
+        "mkdir-ok": command_json("make-directory", path=str(shared / "theirs" / "a" / "b")),
+        "copy-ok": command_json("copy-file", src=str(shared / "theirs" / "in.txt"),
+                                dest=str(shared / "theirs" / "a" / "out.txt")),
+        "move-ok": command_json("move-directory", src=str(shared / "theirs" / "a"),
+                                dest=str(shared / "theirs" / "moved")),
+        "read-root-file": command_json("copy-file", src=str(root_file), dest=str(shared / "theirs" / "stolen")),
+        "write-root-dir": command_json("make-directory", path=str(shared / "root-only" / "x")),
+        "shadow": command_json("copy-file", src="/etc/shadow", dest=str(shared / "theirs" / "shadow")),
+        "into-etc": command_json("make-directory", path=f"{shared}/../../../etc/fdw-planted"),
+    }
+    manager = LocalManager(seed=5)
+    await manager.start()
+    try:
+        jobs = {name: manager.submit_job(name, [task_json(name, "file-management", command)])
+                for name, command in cases.items()}
+        task_ids = {name: manager.job(job).task_ids[0] for name, job in jobs.items()}
+
+        def all_done() -> bool:
+            return all(manager.task(t).status in ("completed", "failed") for t in task_ids.values())
+
+        async with worker_process(manager.url, open_home / "home", job_user=job_user,
+                                  file_command_roots=str(shared), no_output_timeout_seconds="60"):
+            try:
+                await manager.wait_for(all_done, 120)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\nworker output:\n{worker_output(open_home / 'home')}") from None
+        tasks = {name: manager.task(t) for name, t in task_ids.items()}
+    finally:
+        await manager.stop()
+    for name in ("mkdir-ok", "copy-ok", "move-ok"):
+        assert tasks[name].status == "completed", (name, tasks[name].log)
+    made = shared / "theirs" / "moved"
+    assert (made / "out.txt").read_text() == "frame"
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in (made, made / "b", made / "out.txt")} == {
+        (entry.pw_uid, entry.pw_gid)}, "what a job makes is the job user's"
+    # The job user's rights: root could do these, the job user may not.
+    assert tasks["read-root-file"].status == "failed"
+    assert "Permission denied" in tasks["read-root-file"].log
+    assert not (shared / "theirs" / "stolen").exists()
+    assert tasks["write-root-dir"].status == "failed" and "Permission denied" in tasks["write-root-dir"].log
+    # The roots: outside them nothing is even tried.
+    assert tasks["shadow"].status == "failed"
+    assert "'/etc/shadow' is outside the allowed directories (file_command_roots" in tasks["shadow"].log
+    assert not (shared / "theirs" / "shadow").exists()
+    assert tasks["into-etc"].status == "failed"
+    assert "(resolved: '/etc/fdw-planted')" in tasks["into-etc"].log
+    assert not Path("/etc/fdw-planted").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,3 +266,124 @@ def test_environment_variables_reach_boto3(emu: DeadlineEmulator, monkeypatch: p
     with pytest.raises(ClientError) as info:
         logs.put_log_events(logGroupName="nope", logStreamName="x", logEvents=[{"timestamp": 1, "message": "m"}])
     assert info.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def first_session(deadline: Any, ids: dict[str, str]) -> tuple[str, list[str]]:
+    answer = deadline.update_worker_schedule(**ids)
+    session_id, session = next(iter(answer["assignedSessions"].items()))
+    return session_id, [a["sessionActionId"] for a in session["sessionActions"]]
+
+
+def succeeded() -> dict[str, Any]:
+    t = now()
+    return {"completedStatus": "SUCCEEDED", "startedAt": t, "endedAt": t, "processExitCode": 0}
+
+
+def test_progress_after_an_accepted_completion_is_flagged(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: succeeded()})
+    assert emu.state.violations == []
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: {"progressPercent": 100.0}})
+    assert emu.state.violations == [f"{actions[0]}: progress sent after its SUCCEEDED was accepted"]
+
+
+def test_a_second_completion_after_a_delivered_answer_is_flagged(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    done = {actions[0]: succeeded()}
+    deadline.update_worker_schedule(**ids, updatedSessionActions=done)
+    deadline.update_worker_schedule(**ids, updatedSessionActions=done)  # identical, but the first was answered
+    assert emu.state.violations == [f"{actions[0]}: SUCCEEDED sent after its SUCCEEDED was accepted"]
+
+
+def test_never_attempted_twice_in_two_answered_calls_is_flagged(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    # The worker stops: the first action is interrupted, the rest never attempted, in order.
+    drain = {actions[0]: {"completedStatus": "INTERRUPTED", "startedAt": now(), "endedAt": now()}}
+    drain.update({a: {"completedStatus": "NEVER_ATTEMPTED"} for a in actions[1:]})
+    deadline.update_worker_schedule(**ids, updatedSessionActions=drain)
+    assert emu.state.violations == []
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[1]: {"completedStatus": "NEVER_ATTEMPTED"}})
+    assert emu.state.violations == [f"{actions[1]}: NEVER_ATTEMPTED sent after its NEVER_ATTEMPTED was accepted"]
+
+
+def test_the_same_completion_again_after_a_lost_answer_is_allowed(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    done = {actions[0]: succeeded()}
+    emu.faults.lost_answers = 1
+    with pytest.raises(ClientError) as info:
+        deadline.update_worker_schedule(**ids, updatedSessionActions=done)
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert emu.state.actions[actions[0]].status == "SUCCEEDED"  # applied, though the worker cannot tell
+    # A throttled retry applies nothing and keeps the worker unsure.
+    emu.faults.scripted.append(("UpdateWorkerSchedule", ServiceError("ThrottlingException", "slow down")))
+    with pytest.raises(ClientError):
+        deadline.update_worker_schedule(**ids, updatedSessionActions=done)
+    deadline.update_worker_schedule(**ids, updatedSessionActions=done)
+    assert emu.state.violations == []
+    # Once a call is answered, the worker knows: a third send is a breach.
+    deadline.update_worker_schedule(**ids, updatedSessionActions=done)
+    assert emu.state.violations == [f"{actions[0]}: SUCCEEDED sent after its SUCCEEDED was accepted"]
+
+
+def test_a_different_completion_after_a_lost_answer_is_flagged(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    emu.faults.lost_answers = 1
+    with pytest.raises(ClientError):
+        deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: succeeded()})
+    failed = {"completedStatus": "FAILED", "startedAt": now(), "endedAt": now(), "processExitCode": 1}
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: failed})
+    assert emu.state.violations == [f"{actions[0]}: FAILED re-sent after a lost answer differs from the first"]
+
+
+def test_a_completion_before_an_earlier_open_action_is_flagged(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    # In one call, in session order: accepted.
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: succeeded(), actions[1]: succeeded()})
+    assert emu.state.violations == []
+    # The third action's completion while the (listed) fourth is open is fine; the fourth's
+    # NEVER_ATTEMPTED before the third's completion is not, even in the same call.
+    late = {actions[3]: {"completedStatus": "NEVER_ATTEMPTED"}, actions[2]: succeeded()}
+    deadline.update_worker_schedule(**ids, updatedSessionActions=late)
+    assert emu.state.violations == [f"{actions[3]}: NEVER_ATTEMPTED while earlier {[actions[2]]!r} are open"]
+
+
+def test_an_error_answer_applies_none_of_the_call(emu: DeadlineEmulator) -> None:
+    deadline, _, ids = start_worker(emu)
+    _, actions = first_session(deadline, ids)
+    with pytest.raises(ClientError) as info:
+        deadline.update_worker_schedule(
+            **ids, updatedSessionActions={actions[0]: succeeded(), "sessionaction-nope-0": succeeded()}
+        )
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert emu.state.actions[actions[0]].status == "ASSIGNED"
+    deadline.update_worker_schedule(**ids, updatedSessionActions={actions[0]: succeeded()})
+    assert emu.state.violations == []
+
+
+def test_latency_delays_every_answer() -> None:
+    job = make_job(simple_template(1))
+    with DeadlineEmulator(job, latency_ms=60, jitter_ms=20) as emu:
+        deadline, logs = clients(emu)
+        ids = {"farmId": emu.state.options.farm_id, "fleetId": emu.state.options.fleet_id}
+        deadline.create_worker(**ids)  # the first call also opens the connection
+        took = []
+        for _ in range(5):
+            started = time.monotonic()
+            deadline.create_worker(**ids)
+            took.append(time.monotonic() - started)
+        started = time.monotonic()
+        with pytest.raises(ClientError):
+            logs.put_log_events(logGroupName="nope", logStreamName="x", logEvents=[{"timestamp": 1, "message": "m"}])
+        took.append(time.monotonic() - started)
+    assert min(took) >= 0.060, took
+
+
+def test_negative_latency_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"latency_ms \(-1\)"):
+        DeadlineEmulator(make_job(simple_template(1)), latency_ms=-1)

@@ -1,34 +1,67 @@
 """Emulator fidelity: the real AWS deadline-cloud-worker-agent runs a small job through the emulator.
 
-If the real agent and the emulator disagree, the emulator is wrong.
+If the real agent and the emulator disagree, the emulator is wrong.  The AWS agent probes EC2
+instance metadata (169.254.169.254) by itself, so it runs, with the emulator, only inside a network
+namespace that has nothing but loopback; where none can be made, the test skips and says why.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("boto3")
-from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
-    DeadlineEmulator,
-    Options,
-    make_job,
-    simple_template,
-)
-from flamenco_deadline_worker.testing.deadline_emulator.aws_agent import (  # noqa: E402
-    agent_command,
-    agent_executable,
-)
+from flamenco_deadline_worker.testing import netns  # noqa: E402
+from flamenco_deadline_worker.testing.deadline_emulator import simple_template  # noqa: E402
+from flamenco_deadline_worker.testing.deadline_emulator.aws_agent import agent_executable  # noqa: E402
+from flamenco_deadline_worker.testing.deadline_emulator.drive import AWS, RunSpec, run_isolated  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def test_the_aws_agent_runs_a_job_through_the_emulator(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def namespace() -> None:
+    problem = netns.namespace_problem()
+    if problem is not None:
+        pytest.skip(f"the AWS agent runs only in a loopback-only network namespace: {problem}")
+
+
+PROBE = """
+import socket
+from flamenco_deadline_worker.testing import netns
+print(netns.interfaces(), netns.ipv4_routes())
+try:
+    socket.create_connection(("169.254.169.254", 80), timeout=5)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_the_namespace_has_only_loopback(namespace: None) -> None:
+    done = subprocess.run(
+        netns.loopback_only_command([sys.executable, "-c", PROBE]), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # Only lo, no route anywhere: the metadata address is unreachable at once (ENETUNREACH), no packet sent.
+    assert done.stdout.split("\n")[:2] == ["['lo'] []", "101"]
+
+
+def test_the_helper_refuses_to_run_outside_a_fresh_namespace() -> None:
+    if netns.loopback_only_problem() is None:
+        pytest.skip("this test process itself has only loopback")
+    done = subprocess.run(
+        [sys.executable, "-m", "flamenco_deadline_worker.testing.netns", "--", "true"], capture_output=True, text=True
+    )
+    assert done.returncode == 3
+    assert "not a loopback-only namespace" in done.stderr
+
+
+def test_the_aws_agent_runs_a_job_through_the_emulator(namespace: None, tmp_path: Path) -> None:
     try:
-        exe = agent_executable()
+        exe = agent_executable()  # from PyPI, before entering the namespace: nothing gets out of it
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"could not install the AWS worker agent: {exc}")
     template = simple_template(
@@ -37,45 +70,24 @@ def test_the_aws_agent_runs_a_job_through_the_emulator(tmp_path: Path) -> None:
         step_environment=True,
         job_environment=True,
     )
-    # The real agent does not keep to the old 5/s per-stream quota, and CloudWatch no longer enforces it.
-    options = Options(update_interval_seconds=1, log_stream_rate_is_violation=False)
-    with DeadlineEmulator(make_job(template), options) as emu:
-        command, env = agent_command(emu, tmp_path, exe)
-        out = (tmp_path / "agent.out").open("wb")
-        agent = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            emu.wait_for(
-                lambda s: s.workers and all(v == "SUCCEEDED" for v in s.task_statuses().values()),
-                240,
-                "every task SUCCEEDED",
-            )
-            session_id = emu.wait_for(
-                lambda s: next((sid for sid, ses in s.sessions.items() if ses.closed), None),
-                120,
-                "the session to close",
-            )
-            actions = emu.read(
-                lambda s: [(a.kind, a.status, a.process_exit_code) for a in s.sessions[session_id].actions]
-            )
-            assert [k for k, _, _ in actions] == (["envEnter", "envEnter"] + ["taskRun"] * 4 + ["envExit", "envExit"])
-            assert {st for _, st, _ in actions} == {"SUCCEEDED"}
-            emu.wait_for(
-                lambda s: "hello from task 4" in s.log_text(s.job.log_group, session_id),
-                120,
-                "the session log in CloudWatch",
-            )
-            assert emu.read(lambda s: list(s.violations)) == []
-            calls = emu.read(lambda s: {op for op, _ in s.calls})
-            assert {"AssumeQueueRoleForWorker", "BatchGetJobEntity", "PutLogEvents"} <= calls
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-            out.close()
-        worker = emu.read(lambda s: next(iter(s.workers.values())))
-        assert "STARTED" in worker.statuses
-        invalid = [r for r in emu.requests if r[2] == 400]
-        assert invalid == [], invalid
+    spec = RunSpec(
+        AWS,
+        template,
+        str(tmp_path),
+        aws_executable=str(exe),
+        update_interval_seconds=1,
+        # The real agent does not keep to the old 5/s per-stream quota, and CloudWatch no longer enforces it.
+        log_stream_rate_is_violation=False,
+        timeout=240,
+        wait_for_closed_session=True,
+        last_log_line="hello from task 4",
+    )
+    result = run_isolated(spec)
+    (session,) = [s for s in result["sessions"].values() if s[-1][0] == "envExit"]
+    assert [kind for kind, _, _ in session] == ["envEnter", "envEnter"] + ["taskRun"] * 4 + ["envExit", "envExit"]
+    assert {status for _, status, _ in session} == {"SUCCEEDED"}
+    assert "hello from task 4" in result["session_log"]
+    assert result["violations"] == []
+    assert {"AssumeQueueRoleForWorker", "BatchGetJobEntity", "PutLogEvents"} <= set(result["operations"])
+    assert "STARTED" in result["worker_statuses"][0]
+    assert result["invalid_requests"] == []

@@ -155,6 +155,8 @@ def test_notify_status_records_and_queue_credentials_without_secrets_in_logs(
         after = status_json(agent.home)
         assert after["worker_id"] == worker_id and not after["running"], after
         assert "stopped" in after["state"], after
+        # Every taskRun counts as a task, like a Flamenco task does.
+        assert after["tasks_run"] == 3 and after["last_task"]["outcome"].upper() == "SUCCEEDED", after
     finally:
         notify.close()
 

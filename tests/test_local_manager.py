@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import HOW_TO_ENABLE_SPEC, find_spec
 
 from flamenco_deadline_worker.testing.manager import LocalManager
 
@@ -19,16 +18,7 @@ W = "/api/v3/worker"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
 
-def _spec_path() -> Path | None:
-    candidates = [
-        os.environ.get("FLAMENCO_OPENAPI_SPEC", ""),
-        str(Path(__file__).parent / "data" / "flamenco-openapi.yaml"),
-        "/work/shared/reference/flamenco-openapi.yaml",
-    ]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
-
-
-SPEC = _spec_path()
+SPEC = find_spec()
 
 
 def echo_task(name: str, task_type: str = "misc", steps: int = 1, **extra: Any) -> dict[str, Any]:
@@ -382,7 +372,7 @@ async def test_wait_for_wakes_on_http_changes_and_times_out(manager: LocalManage
         await manager.wait_for(lambda: False, timeout=0.05)
 
 
-@pytest.mark.skipif(SPEC is None, reason="Flamenco OpenAPI spec not found")
+@pytest.mark.skipif(SPEC is None, reason=f"Flamenco OpenAPI spec not found; {HOW_TO_ENABLE_SPEC}")
 async def test_invalid_request_is_a_spec_violation(http: aiohttp.ClientSession) -> None:
     pytest.importorskip("openapi_core")
     assert SPEC is not None

@@ -53,7 +53,8 @@ async def test_status_of_a_running_then_stopped_worker_and_flush(
     assert code == 0
     assert f"current task: {task_id} (long) of job {job}" in text and "worker-agent.log" in text
 
-    code, _, err = await cli("flush", "--home", str(home), "--config", str(empty), "--manager", manager.url)
+    # The worker got its URL on the command line: flush needs none to see that it runs.
+    code, _, err = await cli("flush", "--home", str(home), "--config", str(empty))
     assert code == 5 and "running" in err, "flush leaves a running worker's queue alone"
 
     # The Manager goes away while the task runs: its updates queue up and stay queued at shutdown.
@@ -71,8 +72,10 @@ async def test_status_of_a_running_then_stopped_worker_and_flush(
     assert code == 1 and "still queued" in err, err
 
     await manager.come_back()
-    code, out, err = await cli("flush", "--home", str(home), "--config", str(empty), "--manager", manager.url)
+    # Without --manager, flush uses the URL the worker last ran against (its state file).
+    code, out, err = await cli("flush", "--home", str(home), "--config", str(empty))
     assert code == 0, err
+    assert f"using the Manager the worker last ran against: {manager.url}" in out
     assert "delivered" in out
     assert manager.task(task_id).status == "completed"
     assert "done" in manager.task(task_id).log

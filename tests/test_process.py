@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
-from flamenco_deadline_worker.runner.process import ChildProcess, LineSplitter, ProcessLimits, run_process
+import pytest
+
+from flamenco_deadline_worker.runner.process import (
+    ChildProcess,
+    LineSplitter,
+    ProcessLimits,
+    ProcessTimeout,
+    run_process,
+)
+from flamenco_deadline_worker.taskenv import task_environment
 
 
 def pid_alive(pid: int) -> bool:
@@ -108,3 +118,93 @@ async def test_sigterm_ignoring_child_is_killed_after_grace() -> None:
     except asyncio.CancelledError:
         pass
     assert not pid_alive(pid_holder[0])
+
+
+# Closes its stdout and stderr, says so through a file, then runs on without a word.
+SILENT_AFTER_CLOSE = """\
+import os, sys, time
+os.close(1)
+os.close(2)
+open(sys.argv[1], 'w').write(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("limits", "guard"),
+    [
+        (ProcessLimits(no_output_timeout=1.0, kill_grace=1.0), "no_output_timeout_seconds=1 reached"),
+        (ProcessLimits(command_timeout=2.0, kill_grace=1.0), "command_timeout_seconds=2 reached"),
+    ],
+)
+async def test_hang_guards_see_a_process_that_closed_its_output(
+    tmp_path: Path, limits: ProcessLimits, guard: str
+) -> None:
+    pid_file = tmp_path / "pid"
+    running = asyncio.ensure_future(
+        run_process([sys.executable, "-c", SILENT_AFTER_CLOSE, str(pid_file)], lambda _line: None, limits=limits)
+    )
+    with pytest.raises(ProcessTimeout, match=re.escape(guard)):
+        await asyncio.wait_for(running, 60)
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+# Starts a detached grandchild (setsid, double fork) that keeps stdout open, then exits 3.
+EXITS_LEAVING_A_PIPE_HOLDER = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))
+        os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+        os.write(1, b'holder running\\n')  # one write: the child's line cannot land in the middle
+        time.sleep(600)
+    os._exit(0)
+os.wait()
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+os.write(1, b'child done\\n')
+sys.exit(3)
+"""
+
+
+async def test_command_ends_when_its_child_exits_and_the_pipe_holder_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "holder.pid"
+    lines: list[str] = []
+    code = await asyncio.wait_for(
+        run_process([sys.executable, "-c", EXITS_LEAVING_A_PIPE_HOLDER, str(pid_file)], lines.append), 60
+    )
+    assert code == 3
+    assert "child done" in lines and "holder running" in lines
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+def test_task_processes_never_see_secret_variables() -> None:
+    env = {
+        "PATH": "/usr/bin",
+        "FLAMENCO_WORKER_WORKER_SECRET": "s3cret",
+        "FLAMENCO_WORKER_MANAGER_URL": "http://m/",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_REGION": "us-west-2",
+        "github_token": "t",
+        "DB_PASSWORD": "p",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "BLENDER_USER_SCRIPTS": "/s",
+    }
+    kept, dropped = task_environment(env)
+    assert kept == {"PATH": "/usr/bin", "AWS_REGION": "us-west-2", "BLENDER_USER_SCRIPTS": "/s"}
+    assert dropped == sorted(set(env) - set(kept))
+
+
+async def test_the_worker_secret_in_the_environment_does_not_reach_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLAMENCO_WORKER_WORKER_SECRET", "the-worker-secret")
+    monkeypatch.setenv("SOME_API_TOKEN", "the-token")
+    lines: list[str] = []
+    script = "import os\nfor k, v in sorted(os.environ.items()): print(f'{k}={v}')"
+    assert await run_process([sys.executable, "-c", script], lines.append) == 0
+    text = "\n".join(lines)
+    assert "the-worker-secret" not in text and "the-token" not in text
+    assert "FLAMENCO_TASK_UNIT=" in text

@@ -1,7 +1,7 @@
 """The full command line of an adaptor (everything except the light ``daemon run``/``daemon stop`` path).
 
 Exit codes: 0 success, 1 the action failed, 2 bad input (data, rules, configuration, usage),
-3 no daemon or daemon busy, 128+N canceled by signal N.
+3 no daemon or daemon busy (`daemon stop` with no daemon to stop: 0), 128+N canceled by signal N.
 """
 
 from __future__ import annotations

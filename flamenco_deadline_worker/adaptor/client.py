@@ -20,9 +20,10 @@ from .protocol import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, LineRe
 class DaemonUnavailable(Exception):
     """No daemon answers for this connection file; ``stale`` when the file exists but nobody listens."""
 
-    def __init__(self, message: str, stale: bool = False) -> None:
+    def __init__(self, message: str, stale: bool = False, missing: bool = False) -> None:
         super().__init__(message)
         self.stale = stale
+        self.missing = missing  # no connection file at all: no daemon was started (or it was stopped)
 
 
 def read_connection_file(path: str) -> dict[str, object]:
@@ -31,7 +32,8 @@ def read_connection_file(path: str) -> dict[str, object]:
             info = json.load(f)
     except FileNotFoundError:
         raise DaemonUnavailable(
-            f"no adaptor daemon: connection file {path} does not exist (start one with 'daemon start')"
+            f"no adaptor daemon: connection file {path} does not exist (start one with 'daemon start')",
+            missing=True,
         ) from None
     except (OSError, ValueError) as exc:
         raise DaemonUnavailable(f"connection file {path} is unreadable: {exc}", stale=True) from None
@@ -166,10 +168,15 @@ def remove_stale(connection_file: str) -> None:
 
 
 def stop(connection_file: str) -> int:
-    """Stop the daemon; a stale connection file is removed with a note, and that is not an error."""
+    """Stop the daemon.  No daemon to stop is not an error: a stop task must succeed on a host that never
+    started one (or whose daemon already stopped itself); a stale connection file is removed with a note."""
     try:
         connect(connection_file).close()
     except DaemonUnavailable as exc:
+        if exc.missing:
+            print(f"note: no adaptor daemon runs for {connection_file} (no connection file); nothing to stop",
+                  file=sys.stderr, flush=True)
+            return EXIT_OK
         if exc.stale:
             remove_stale(connection_file)
             print(f"note: {exc}; removed the connection file", file=sys.stderr, flush=True)

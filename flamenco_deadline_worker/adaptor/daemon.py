@@ -367,6 +367,8 @@ def start_daemon(
         stderr=errlog,
         pass_fds=(ready_w,),
         start_new_session=True,
+        # Under a flamenco-worker: this daemon serves the job's next tasks, so it outlives this command.
+        env={**os.environ, "FLAMENCO_TASK_KEEP": "1"},
     )
     os.close(ready_w)
     assert proc.stdin is not None

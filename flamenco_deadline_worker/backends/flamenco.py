@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 API = "/api/v3/worker"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
-UPDATE_TIMEOUT = 60.0
 MAX_UPDATE_TIMEOUT = 600.0
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, aiohttp.ClientPayloadError)
 
@@ -159,7 +158,7 @@ class FlamencoBackend:
         self._session: aiohttp.ClientSession | None = None
         self.initial_state = WorkerState.AWAKE
         self._loaded = False
-        self._update_timeout = UPDATE_TIMEOUT
+        self._update_timeout = config.update_timeout_seconds
         self.last_update_delivered = 0.0  # monotonic time of the last task update the Manager took
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -372,12 +371,13 @@ class FlamencoBackend:
         except ServiceUnavailable as exc:
             if exc.timed_out:
                 # A Manager slower than our patience would never get the update: be more patient.
-                self._update_timeout = min(MAX_UPDATE_TIMEOUT, self._update_timeout * 2)
+                self._update_timeout = min(max(MAX_UPDATE_TIMEOUT, self.config.update_timeout_seconds),
+                                           self._update_timeout * 2)
             return DeliveryResult(Delivery.RETRY, reason=str(exc), retry_after=exc.retry_after)
         except NotAuthorised as exc:
             # Credentials can be fixed (re-registration); the update must survive that.
             return DeliveryResult(Delivery.RETRY, reason=str(exc))
-        self._update_timeout = UPDATE_TIMEOUT
+        self._update_timeout = self.config.update_timeout_seconds
         if resp.status in (200, 204):
             self.last_update_delivered = time.monotonic()
             return DeliveryResult.ok(1)

@@ -35,6 +35,14 @@ class TaskStatus(str, enum.Enum):
     PAUSED = "paused"
 
 
+class Outcome(str, enum.Enum):
+    """How a task (a session of commands) ended on this worker."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
 @attrs.frozen
 class CommandSpec:
     """One command of a task, as the service sent it."""

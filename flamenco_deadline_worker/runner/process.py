@@ -1,4 +1,7 @@
-"""Child processes for tasks: own process group, no shell, output streamed line by line, tree kill."""
+"""Child processes for tasks: no shell, no secrets, output streamed line by line, the whole unit killed.
+
+How a command's processes are held together (cgroup, subreaper, process group) is ``containment``'s job.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 
+from flamenco_deadline_worker import taskenv
+from flamenco_deadline_worker.runner import containment
+
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
@@ -22,13 +28,14 @@ MAX_LINE_BYTES = 64 * 1024
 
 LineHandler = Callable[[str], None]
 
-# Every child still running, so that a forced exit can take their process groups down with it.
-LIVE_CHILDREN: set[ChildProcess] = set()
+# After its child exits, how long a command's output is still read (what was left in the pipe).
+PIPE_DRAIN_SECONDS = 5.0
+KILL_WAIT_SECONDS = 10.0
 
 
 def kill_all_now() -> None:
-    for child in list(LIVE_CHILDREN):
-        child.signal_group(signal.SIGKILL)
+    """The forced exit (second SIGTERM): SIGKILL to every task process, without waiting."""
+    containment.active().kill_all_now()
 
 
 class ProcessTimeout(Exception):
@@ -144,37 +151,80 @@ class LineSplitter:
         self._on_line(raw.decode("utf-8", errors="backslashreplace"))
 
 
-class ChildProcess:
-    """One running child in its own process group."""
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own protocol, plus a future set when the child itself exits.
 
-    def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
+    ``Process.wait()`` also waits for the pipes to close, which a detached grandchild holding the
+    output may never do; the command's end is its child's exit."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class ChildProcess:
+    """One running child and its unit: the child and every process that came from it."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        argv: Sequence[str],
+        unit: containment.Unit,
+        exited: asyncio.Future[None],
+        transport: asyncio.SubprocessTransport | None = None,
+    ) -> None:
         self.proc = proc
+        self._transport = transport
         self.argv = list(argv)
         self.pid = proc.pid
+        self.unit = unit
+        self.exited = exited
         self.last_output = time.monotonic()
-        self._kill_task: asyncio.Task[None] | None = None
 
     @property
     def returncode(self) -> int | None:
         return self.proc.returncode
 
     def signal_group(self, sig: int) -> bool:
-        try:
-            os.killpg(self.pid, sig)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
+        """Send ``sig`` to every process of the unit (the name is kept from the process-group days)."""
+        return self.unit.signal(sig) > 0
 
     async def terminate_tree(self, grace: float) -> None:
-        """SIGTERM to the group, SIGKILL after ``grace`` seconds; also sweeps left-over group members."""
-        if self.proc.returncode is None and self.signal_group(signal.SIGTERM):
+        """SIGTERM to every process of the unit, SIGKILL to all of them once the child is gone or
+        after ``grace`` seconds."""
+        if not self.exited.done() and self.unit.signal(signal.SIGTERM):
             try:
-                await asyncio.wait_for(self.proc.wait(), grace)
+                await asyncio.wait_for(asyncio.shield(self.exited), grace)
             except asyncio.TimeoutError:
                 log.warning("pid %d did not stop within %.1f s of SIGTERM, sending SIGKILL", self.pid, grace)
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await self.proc.wait()
+        await self.unit.kill()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), KILL_WAIT_SECONDS)
+
+    def close(self) -> None:
+        """The child and its unit are done with: pipes closed, cgroup removed, orphans reaped."""
+        if self._transport is not None:
+            self._transport.close()
+        self.unit.containment.spawned.discard(self.pid)
+        self.unit.close()
+
+
+_withheld_logged = False
+
+
+def _task_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The child's environment: ``env`` (else ours) without secrets."""
+    global _withheld_logged
+    kept, dropped = taskenv.task_environment(os.environ if env is None else env)
+    if dropped and not _withheld_logged:
+        _withheld_logged = True
+        log.info("environment variables withheld from task processes: %s", ", ".join(dropped))
+    return kept
 
 
 async def spawn(
@@ -185,30 +235,41 @@ async def spawn(
     run_as: RunAs | None = None,
     oom_score_adj: int | None = None,
 ) -> ChildProcess:
-    """Start ``argv`` without a shell, in a new session, stdout and stderr merged."""
+    """Start ``argv`` without a shell, in a new session and its own unit, stdout and stderr merged."""
     if not argv:
         raise ValueError("empty command line")
     inner = with_oom_score(argv, oom_score_adj)
     full_argv = run_as.wrap(inner) if run_as else inner
     creds = run_as.credentials() if run_as else None
-    child_env = run_as.child_env(env) if run_as else (dict(env) if env is not None else None)
+    child_env = _task_env(run_as.child_env(env) if run_as else env)
     # The user switch is done by subprocess itself, in C, between fork and exec.
     switch: dict[str, object] = (
         {"user": creds.uid, "group": creds.gid, "extra_groups": list(creds.groups)} if creds else {}
     )
-    proc = await asyncio.create_subprocess_exec(
-        *full_argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-        env=child_env,
-        start_new_session=True,
-        limit=READ_CHUNK,
-        **switch,  # type: ignore[arg-type]
-    )
-    child = ChildProcess(proc, full_argv)
-    LIVE_CHILDREN.add(child)
+    holder = containment.active()
+    unit = holder.new_unit()
+    child_env[containment.UNIT_VARIABLE] = unit.tag
+    loop = asyncio.get_running_loop()
+    try:
+        with unit.forking():
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ExitAwareProtocol(READ_CHUNK, loop),
+                *full_argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=cwd,
+                env=child_env,
+                start_new_session=True,
+                **switch,  # type: ignore[arg-type]
+            )
+    except BaseException:
+        unit.close()
+        raise
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
+    unit.leader = proc.pid
+    holder.spawned.add(proc.pid)
+    child = ChildProcess(proc, full_argv, unit, protocol.exited, transport)
     return child
 
 
@@ -229,16 +290,29 @@ async def run_process(
     child's output stays in its pipe and the child blocks on a full pipe, instead of the worker
     buffering without bound.  A paused read does not count as the child being silent.
 
-    Cancelling this coroutine kills the child's whole process group (SIGTERM, grace, SIGKILL)
-    before the cancellation propagates.  A hang guard raises ProcessTimeout after the same kill.
+    The command ends when its child exits, whether or not it closed its output earlier (the hang
+    guards keep counting) or left a process holding it open: what the child left behind is killed
+    then, and the rest of its output read.  Cancelling this coroutine kills the child's whole unit
+    (SIGTERM, grace, SIGKILL) before the cancellation propagates.  A hang guard raises
+    ProcessTimeout after the same kill.
     """
     limits = limits or ProcessLimits()
     child = await spawn(argv, cwd=cwd, env=env, run_as=run_as, oom_score_adj=limits.oom_score_adj)
-    if on_spawn is not None:
-        maybe = on_spawn(child)
-        if maybe is not None:
-            await maybe
+    try:
+        return await _follow(child, on_line, limits, on_spawn, pace)
+    finally:
+        child.close()
+
+
+async def _follow(
+    child: ChildProcess,
+    on_line: LineHandler,
+    limits: ProcessLimits,
+    on_spawn: Callable[[ChildProcess], Awaitable[None] | None] | None,
+    pace: Callable[[], Awaitable[None]] | None = None,
+) -> int:
     splitter = LineSplitter(on_line)
+    paused = [False]  # the reader waits for pace(): our own backpressure, not a silent child
     assert child.proc.stdout is not None
     stdout = child.proc.stdout
     started = time.monotonic()
@@ -251,28 +325,42 @@ async def run_process(
             child.last_output = time.monotonic()
             splitter.feed(data)
             if pace is not None:
+                paused[0] = True
                 await _paced(pace, child)
+                paused[0] = False
         splitter.close()
 
     pump_task = asyncio.ensure_future(pump())
     try:
-        while not pump_task.done():
+        if on_spawn is not None:
+            maybe = on_spawn(child)
+            if maybe is not None:
+                await maybe
+        while not child.exited.done():
             timeout = _next_guard_timeout(limits, started, child.last_output)
-            done, _ = await asyncio.wait({pump_task}, timeout=timeout)
-            if done:
-                break
-            _check_guards(limits, started, child.last_output)
-        pump_task.result()
-        returncode = await child.proc.wait()
+            await asyncio.wait({child.exited}, timeout=timeout)
+            if not child.exited.done():
+                _check_guards(limits, started, child.last_output)
+        returncode = child.proc.returncode
+        assert returncode is not None
+        # The child is gone; kill whatever it left behind (daemonised helpers, setsid grandchildren),
+        # after which nothing holds its output open and the rest of it can be read.
+        await child.unit.kill(spare_kept=True)
+        done, _ = await asyncio.wait({pump_task}, timeout=PIPE_DRAIN_SECONDS)
+        while not done and paused[0]:  # the rest waits for room in the queue: read it all, late
+            done, _ = await asyncio.wait({pump_task}, timeout=PIPE_DRAIN_SECONDS)
+        if not done:
+            log.warning("pid %d exited but a process out of reach still holds its output open; "
+                        "stopped reading after %.0f s", child.pid, PIPE_DRAIN_SECONDS)
+            pump_task.cancel()
+            splitter.close()
+        else:
+            pump_task.result()
+        return returncode
     except BaseException:
         pump_task.cancel()
         await asyncio.shield(child.terminate_tree(limits.kill_grace))
         raise
-    finally:
-        LIVE_CHILDREN.discard(child)
-    # The child is gone; kill anything it left behind in its group (daemonised helpers etc.).
-    child.signal_group(signal.SIGKILL)
-    return returncode
 
 
 async def _paced(pace: Callable[[], Awaitable[None]], child: ChildProcess) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import shutil
 import time
@@ -11,21 +10,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.base import Task, TaskStatus, Update
-from flamenco_deadline_worker.runner import process
+from flamenco_deadline_worker import private, records
+from flamenco_deadline_worker.core.model import Outcome, Task, TaskStatus, Update
+from flamenco_deadline_worker.runner import containment, process
 from flamenco_deadline_worker.runner.commands import base as commands
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]  # (task id, path of a produced file)
-
-
-class Outcome(str, enum.Enum):
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ABORTED = "aborted"
 
 
 class TaskReporter:
@@ -51,8 +44,8 @@ class TaskReporter:
         self._in_flight: set[asyncio.Future[None]] = set()
         self._file: IO[str] | None = None
         if log_file is not None:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._file = log_file.open("a", encoding="utf-8", errors="backslashreplace")
+            private.make_dirs(log_file.parent)
+            self._file = open(log_file, "a", encoding="utf-8", errors="backslashreplace", opener=private.opener)
 
     # The hot path: every line of every child goes through here.
     def log(self, line: str) -> None:
@@ -158,6 +151,7 @@ class CommandContext:
         reporter: TaskReporter,
         limits: process.ProcessLimits,
         run_as: process.RunAs | None,
+        file_rules: commands.FileRules,
     ) -> None:
         self.task_id = task.id
         self.job_id = task.job_id
@@ -165,6 +159,7 @@ class CommandContext:
         self.reporter: commands.Reporter = reporter
         self.limits = limits
         self.run_as = run_as
+        self.file_rules = file_rules
         # Reading pauses while the queue's log buffer is full (a slow or full disk): see process.run_process.
         self.pace = reporter.queue.room
 
@@ -211,9 +206,12 @@ class TaskRunner:
         run_as: process.RunAs | None = None,
         activity_interval: float = 1.0,
         on_output: OutputCallback | None = None,
+        file_rules: commands.FileRules | None = None,
     ) -> None:
         self.queue = queue
         self.work_root = work_root
+        # File commands: only the work directory unless the composition root says more.
+        self.file_rules = file_rules or commands.FileRules(roots=(str(work_root),))
         self.logs_dir = logs_dir
         self.limits = limits
         self.run_as = run_as
@@ -263,6 +261,8 @@ class TaskRunner:
         started = time.monotonic()
         self._failure = ""
         outcome = Outcome.ABORTED
+        # Processes an earlier task kept for its job's next tasks (a warm adaptor daemon) end with that job.
+        containment.active().job_starting(task.job_id)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             records.filesystem("Create", workdir, "task working directory", logging.DEBUG)
@@ -281,6 +281,7 @@ class TaskRunner:
         except asyncio.CancelledError:
             reason = self._abort_reason or "the worker is shutting down"
             reporter.log(f"task aborted: {reason}")
+            containment.active().kill_kept_now()  # an abort ends the job's kept processes too
             raise
         finally:
             await self.queue.commit_logs()
@@ -299,7 +300,7 @@ class TaskRunner:
 
     async def _run_commands(self, task: Task, reporter: TaskReporter, workdir: Path) -> Outcome:
         await reporter.status(TaskStatus.ACTIVE, f"starting task {task.name}")
-        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as)
+        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as, self.file_rules)
         steps_before = task.steps_completed
         for index, spec in enumerate(task.commands, start=1):
             self.current_command = spec.name

@@ -89,6 +89,13 @@ class LocalManager(Farm):
         super().__init__(seed=seed)
         self.validate_against = validate_against
         self.faults = Faults(seed=seed)
+        # A reverse proxy's request body limit (nginx: client_max_body_size, 1 MiB by default),
+        # answered 413 like nginx does; None: no limit, as the Manager itself sets none.
+        self.max_body_bytes: int | None = None
+        # A Manager (or proxy) slow to take task updates: each waits this long, and one whose client
+        # gave up meanwhile is not applied, as a proxy drops a request its client abandoned.
+        self.update_delay = 0.0
+        self.too_large_answers = 0
         self.spec_violations: list[str] = []
         self._checker: SpecChecker | None = None
         self._changed_cond = asyncio.Condition()
@@ -265,6 +272,11 @@ class LocalManager(Farm):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.name or f"{request.method} {request.path}"
+        if self.max_body_bytes is not None and (request.content_length or 0) > self.max_body_bytes:
+            self.too_large_answers += 1
+            self.changed()
+            return web.Response(status=413, text="<html><h1>413 Request Entity Too Large</h1></html>",
+                                content_type="text/html")
         checker = self._checker if request.path.startswith("/api/v3/") else None
         body = await request.read() if checker is not None else b""
         if checker is not None:
@@ -390,6 +402,10 @@ class LocalManager(Farm):
         return web.json_response(self._assigned_task_json(task))
 
     async def _task_update(self, request: web.Request) -> web.Response:
+        if self.update_delay:
+            await asyncio.sleep(self.update_delay)
+            if request.transport is None or request.transport.is_closing():
+                return error_response(503, "the client went away while the update waited")
         worker = self._authenticate(request)
         task = self._task_from_path(request)
         body = await self._json_object(request)

@@ -34,6 +34,7 @@ MIN_BACKOFF = 0.25
 MAX_BACKOFF = 30.0
 IDLE_WAIT = 3600.0
 ROWS_PER_HEAD = 2000
+HEADS_PER_PASS = 200
 MIN_PIECE_BYTES = 4096  # a service that refuses even this much is retried, never given less
 MAX_IN_FLIGHT = 8
 # Logs buffered in memory beyond this are committed at once rather than waiting for the timer.
@@ -425,7 +426,11 @@ class TaskUpdateQueue:
         wait = IDLE_WAIT
         ready: list[Built] = []
         room = self.max_in_flight - len(self._in_flight)
-        for task_id, _ in await self.store.heads():
+        counted = set(self._rows_per_task)
+        heads = await self.store.heads(limit=HEADS_PER_PASS)
+        if len(heads) < HEADS_PER_PASS:
+            self._forget_vanished(counted - {t for t, _ in heads})
+        for task_id, _ in heads:
             if len(ready) >= room:
                 break
             if task_id in self._in_flight or self.sink.batch_key(task_id) in self._keys_in_flight:
@@ -459,6 +464,14 @@ class TaskUpdateQueue:
                 self._running.add(call)
                 call.add_done_callback(self._running.discard)
         return max(wait, 0.0)
+
+    def _forget_vanished(self, task_ids: set[str]) -> None:
+        """Rows counted before the store was read but no longer in it (removed by someone else, e.g.
+        an admin's sqlite3): stop waiting for their delivery, or the worker would wait for ever."""
+        buffered = {t for t, _ in self._pending}
+        for task_id in task_ids - buffered - self._in_flight:
+            log.warning("the updates queued for %s are no longer in %s; not waiting for them", task_id, self.store.path)
+            self._forget_rows(task_id)
 
     def _limit(self, task_id: str) -> int:
         return self._limits.get(task_id, self.push_log_max_bytes)

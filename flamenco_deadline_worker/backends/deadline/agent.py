@@ -1,13 +1,15 @@
-"""The Deadline worker's main loop: apply the newest UpdateWorkerSchedule answer, heartbeat when
-nothing else called within the service's interval, and the drains.
+"""A STARTED Deadline worker's rounds and drain, for the one lifecycle (core/lifecycle.py, through
+service.py): apply the newest UpdateWorkerSchedule answer, heartbeat when nothing else called
+within the service's interval, sessions started, cancelled and ended as the answers say.
 
 Action statuses never wait for the heartbeat: the queue's drain delivers them in an
-UpdateWorkerSchedule of its own (see sink.py), whose answer this loop applies like any other.
+UpdateWorkerSchedule of its own (see sink.py), whose answer a round applies like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -47,7 +49,6 @@ class DeadlineAgent:
         session_root: Path,
         push_log_max_bytes: int,
         push_log_max_interval: float,
-        drain_seconds: float,
         ledger_file: Path | None = None,
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
@@ -56,7 +57,6 @@ class DeadlineAgent:
         self.ids = ids
         self.logs_dir = logs_dir
         self.session_root = session_root
-        self.drain_seconds = drain_seconds
         self.delete_on_stop = delete_on_stop
         self.schedule = Schedule(api, ids)
         self.sink = DeadlineSink(api, self.schedule, logs_dir)
@@ -72,6 +72,8 @@ class DeadlineAgent:
         self.deleted = False  # DeleteWorker succeeded: the saved worker id is no use any more
         self.tasks_run = 0
         self._drain: asyncio.Task[None] | None = None
+        self._backoff = Backoff(0.5, 30.0)
+        self.service_stop = False  # the service asked this worker to stop
         # Actions whose completion is queued or sent: nothing more is ever reported for them.
         self._completed: set[tuple[str, str]] = set()
 
@@ -109,71 +111,58 @@ class DeadlineAgent:
 
     # ---- the main loop -------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> int:
+    async def open(self) -> None:
         await self.queue.open()
         # Before the drain starts: which actions ended before a restart, their completions still queued.
         for session_id, actions in (await self.queue.completed_actions()).items():
             self._completed.update((session_id, a) for a in actions)
-        drain = self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
+        self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
-        try:
-            outcome = await self._loop(stop)
-            if outcome == "stop-requested":
-                await self._shutdown(service_initiated=True)
-                return EXIT_OK
-            if outcome == "signal":
-                await self._shutdown(service_initiated=False)
-                return EXIT_OK
-            return EXIT_FATAL
-        finally:
-            self.router.uninstall()
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
-            await self.queue.close()
 
-    async def _loop(self, stop: asyncio.Event) -> str:
-        backoff = Backoff(0.5, 30.0)
-        while not stop.is_set():
-            if self.api.fleet_credentials_due():
-                await self._refresh_fleet_credentials()
-            if self.schedule.conflict is not None:
-                conflict = self.schedule.conflict
-                log.warning("the worker is no longer STARTED in the service (%s); starting again", conflict)
-                self.schedule.conflict = None
-                await self._end_all_sessions()
-                await startup.set_started(self.api, self.ids)
-                continue
-            answer = self.schedule.take()
-            if answer is None:
-                try:
-                    answer = await self.schedule.call({})
-                except Retryable as exc:
-                    wait = backoff.next(exc.retry_after)
-                    if exc.connection:
-                        log.warning("the service cannot be reached (%s); retrying in %.1f s", exc, wait)
-                    await self._sleep(stop, wait)
-                    continue
-                except ApiError as exc:
-                    if self.schedule.conflict is not None:
-                        continue
-                    log.error("UpdateWorkerSchedule failed for good: %s; exiting", exc)
-                    return "fatal"
-            backoff.reset()
-            await self._apply(answer)
-            if answer.get("desiredWorkerStatus") == "STOPPED" and not self.sessions:
-                return "stop-requested"
-            self.interval = float(answer.get("updateIntervalSeconds", 15))
-            due = self.schedule.last_call + self.interval - time.monotonic()
-            await self._sleep(stop, due, self.schedule.news)
-        return "signal"
+    async def close(self) -> None:
+        self.router.uninstall()
+        if self._drain is not None:
+            self._drain.cancel()
+            await asyncio.gather(self._drain, return_exceptions=True)
+        await self.queue.close()
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
-        waits = [asyncio.ensure_future(stop.wait())]
-        if also is not None:
-            waits.append(asyncio.ensure_future(also.wait()))
-        await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            task.cancel()
+    async def step(self) -> int | None:
+        """One round: the newest UpdateWorkerSchedule answer (the drain's, or a heartbeat when nobody
+        called within the service's interval) applied; an exit code when the run ends."""
+        if self.api.fleet_credentials_due():
+            await self._refresh_fleet_credentials()
+        if self.schedule.conflict is not None:
+            conflict, self.schedule.conflict = self.schedule.conflict, None
+            log.warning("the worker is no longer STARTED in the service (%s); starting again", conflict)
+            await self._end_all_sessions()
+            await startup.set_started(self.api, self.ids)
+            return None
+        answer = self.schedule.take()
+        if answer is None:
+            try:
+                answer = await self.schedule.call({})
+            except Retryable as exc:
+                wait = self._backoff.next(exc.retry_after)
+                if exc.connection:
+                    log.warning("the service cannot be reached (%s); retrying in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                return None
+            except ApiError as exc:
+                if self.schedule.conflict is not None:
+                    return None
+                log.error("UpdateWorkerSchedule failed for good: %s; exiting", exc)
+                return EXIT_FATAL
+        self._backoff.reset()
+        await self._apply(answer)
+        if answer.get("desiredWorkerStatus") == "STOPPED" and not self.sessions:
+            self.service_stop = True
+            return EXIT_OK
+        self.interval = float(answer.get("updateIntervalSeconds", 15))
+        due = self.schedule.last_call + self.interval - time.monotonic()
+        if due > 0 and not self.schedule.news.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.schedule.news.wait(), due)
+        return None
 
     async def _refresh_fleet_credentials(self) -> None:
         try:
@@ -272,24 +261,20 @@ class DeadlineAgent:
 
     # ---- drains and shutdown -------------------------------------------------------------
 
-    async def _shutdown(self, service_initiated: bool) -> None:
-        """Expedited drain (SIGTERM) or the service's stop: STOPPING, report, STOPPED, bounded overall."""
-        deadline = time.monotonic() + self.drain_seconds
-
-        def left() -> float:
-            return max(0.5, deadline - time.monotonic())
-
+    async def drain(self) -> None:
+        """Expedited drain (SIGTERM) or the service's stop: STOPPING, what runs INTERRUPTED, the rest
+        NEVER_ATTEMPTED; the queue's drain carries those statuses."""
         self._state("stopping")
         if self.publisher is not None:
-            self.publisher.stopping("the service asked the worker to stop" if service_initiated else "drain")
-        await startup.set_status(self.api, self.ids, "STOPPING", budget=min(2.0, left()))
-        if self.sessions:
-            await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
-            # The drain carries the INTERRUPTED/NEVER_ATTEMPTED statuses in its own calls.
-            await self.queue.flush(left())
-        await startup.set_status(self.api, self.ids, "STOPPED", budget=left())
+            self.publisher.stopping("the service asked the worker to stop" if self.service_stop else "drain")
+        await startup.set_status(self.api, self.ids, "STOPPING", budget=2.0)
+        await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
+
+    async def sign_off(self) -> None:
+        """STOPPED, sessions ended, their last log lines sent, and DeleteWorker when configured."""
+        await startup.set_status(self.api, self.ids, "STOPPED", budget=5.0)
         await self._end_all_sessions()
-        await self.queue.flush(min(2.0, left()))
+        await self.queue.flush(2.0)
         if self.delete_on_stop and await startup.delete_worker(self.api, self.ids):
             self.deleted = True
             records.worker_delete(self.ids["workerId"], "deadline_delete_worker_on_stop is set")

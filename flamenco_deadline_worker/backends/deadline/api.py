@@ -13,23 +13,22 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import gc
-import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import botocore.credentials
-import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from flamenco_deadline_worker import logs, records
+from flamenco_deadline_worker.backends.deadline import botodata
 
 log = logging.getLogger(__name__)
 
@@ -64,170 +63,6 @@ class ApiError(Exception):
         self.resource_id = str(body.get("resourceId", ""))
         context = body.get("context") or {}
         self.context_status = str(context.get("status", ""))
-
-
-# The operations this worker calls: botocore's models are cut down to them (and the shapes they
-# use) as they load, and its endpoint table to these services, which saves ~18 MiB of parsed JSON.
-OPERATIONS: dict[str, frozenset[str]] = {
-    "deadline": frozenset(
-        {
-            "CreateWorker",
-            "AssumeFleetRoleForWorker",
-            "UpdateWorker",
-            "UpdateWorkerSchedule",
-            "BatchGetJobEntity",
-            "AssumeQueueRoleForWorker",
-            "DeleteWorker",
-        }
-    ),
-    "logs": frozenset({"PutLogEvents"}),
-}
-
-
-def _undocumented(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in pairs if k != "documentation"}
-
-
-_SPACE = re.compile(r"[ \t\n\r]*")
-_SKIP = object()
-_LEAN = json.JSONDecoder(object_pairs_hook=_undocumented)
-
-
-def _scan_object(
-    text: str, pos: int, on_member: Callable[[str, int], tuple[Any, int]]
-) -> tuple[dict[str, Any], int]:
-    """The JSON object at ``text[pos]``, member by member: ``on_member(key, value_pos)`` gives the
-    value to keep (or ``_SKIP``) and where the value ends."""
-    out: dict[str, Any] = {}
-    if text[pos] != "{":
-        raise ValueError(f"expected an object at {pos}")
-    pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]  # matches the empty string
-    if text[pos] == "}":
-        return out, pos + 1
-    while True:
-        if text[pos] != '"':
-            raise ValueError(f"expected a key at {pos}")
-        key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
-        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-        if text[pos] != ":":
-            raise ValueError(f"expected ':' at {pos}")
-        value, pos = on_member(key, _SPACE.match(text, pos + 1).end())  # type: ignore[union-attr]
-        if value is not _SKIP:
-            out[key] = value
-        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-        if text[pos] == "}":
-            return out, pos + 1
-        if text[pos] != ",":
-            raise ValueError(f"expected ',' or '}}' at {pos}")
-        pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
-
-
-def _refs(node: Mapping[str, Any]) -> list[str]:
-    """The shapes an operation or a shape refers to."""
-    refs = [node.get("input"), node.get("output"), *node.get("errors", [])]
-    refs += [node.get("member"), node.get("key"), node.get("value"), *node.get("members", {}).values()]
-    return [ref["shape"] for ref in refs if isinstance(ref, dict) and "shape" in ref]
-
-
-def lean_service_model(text: str, keep: frozenset[str]) -> dict[str, Any]:
-    """The model in ``text`` with only the operations ``keep`` and the shapes they reach, without
-    documentation.  Each operation and shape is decoded on its own and let go unless kept, so the
-    whole model is never held in memory."""
-    shape_at: dict[str, int] = {}
-    shape_refs: dict[str, list[str]] = {}
-
-    def operation(key: str, pos: int) -> tuple[Any, int]:
-        value, end = _LEAN.raw_decode(text, pos)
-        return (value if key in keep else _SKIP), end
-
-    def shape(key: str, pos: int) -> tuple[Any, int]:
-        value, end = _LEAN.raw_decode(text, pos)
-        shape_at[key] = pos
-        shape_refs[key] = _refs(value)
-        return _SKIP, end
-
-    def member(key: str, pos: int) -> tuple[Any, int]:
-        if key == "operations":
-            return _scan_object(text, pos, operation)
-        if key == "shapes":
-            return _scan_object(text, pos, shape)
-        value, end = _LEAN.raw_decode(text, pos)
-        return (_SKIP if key == "documentation" else value), end
-
-    model, _ = _scan_object(text, _SPACE.match(text).end(), member)  # type: ignore[union-attr]
-    wanted: set[str] = set()
-    todo = [name for op in model.get("operations", {}).values() for name in _refs(op)]
-    while todo:
-        name = todo.pop()
-        if name not in wanted and name in shape_at:
-            wanted.add(name)
-            todo += shape_refs[name]
-    model["shapes"] = {name: _LEAN.raw_decode(text, shape_at[name])[0] for name in sorted(wanted)}
-    return model
-
-
-def lean_endpoints(text: str) -> dict[str, Any]:
-    """endpoints.json with only the services this worker calls, each partition's other services
-    decoded one at a time and let go."""
-
-    def service(key: str, pos: int) -> tuple[Any, int]:
-        value, end = _LEAN.raw_decode(text, pos)
-        return (value if key in OPERATIONS else _SKIP), end
-
-    def partition_member(key: str, pos: int) -> tuple[Any, int]:
-        if key == "services":
-            return _scan_object(text, pos, service)
-        value, end = json.JSONDecoder().raw_decode(text, pos)
-        return value, end
-
-    def partitions(pos: int) -> tuple[list[Any], int]:
-        out: list[Any] = []
-        if text[pos] != "[":
-            raise ValueError(f"expected an array at {pos}")
-        pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
-        while text[pos] != "]":
-            value, pos = _scan_object(text, pos, partition_member)
-            out.append(value)
-            pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-            if text[pos] == ",":
-                pos = _SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
-        return out, pos + 1
-
-    def member(key: str, pos: int) -> tuple[Any, int]:
-        if key == "partitions":
-            return partitions(pos)
-        value, end = json.JSONDecoder().raw_decode(text, pos)
-        return value, end
-
-    data, _ = _scan_object(text, _SPACE.match(text).end(), member)  # type: ignore[union-attr]
-    return data
-
-
-class _LeanJSONFileLoader(botocore.loaders.JSONFileLoader):
-    """Keeps only what this worker uses of botocore's data while parsing it: the operations it calls
-    (and the shapes they reach) of its two service models, without documentation, and the endpoints
-    of those two services.  What is dropped is let go as it is decoded, so the full documents never
-    sit in memory (measured: ~20 MiB less resident than two stock clients)."""
-
-    def _load_file(self, full_path: str, open_method: Any) -> Any:
-        name = os.path.basename(full_path)
-        # .../data/<service>/<api version>/service-2.json[.gz]
-        service = os.path.basename(os.path.dirname(os.path.dirname(full_path)))
-        is_model = name.startswith("service-2.json") and service in OPERATIONS
-        is_endpoints = name.startswith("endpoints.json")
-        if not (is_model or is_endpoints):
-            return super()._load_file(full_path, open_method)  # type: ignore[misc]  # private in the stubs
-        if not os.path.isfile(full_path):
-            return None
-        with open_method(full_path, "rb") as fp:
-            payload = fp.read().decode("utf-8")
-        return lean_service_model(payload, OPERATIONS[service]) if is_model else lean_endpoints(payload)
-
-
-class _WorkerLoader(botocore.loaders.Loader):
-    """botocore's data loader with the lean file loader above."""
-
-    FILE_LOADER_CLASS = _LeanJSONFileLoader
 
 
 class _WorkerCredentials(botocore.credentials.Credentials):
@@ -266,6 +101,12 @@ class _Fixed(botocore.credentials.CredentialProvider):
         return self._creds
 
 
+def default_models_parent() -> Path:
+    """Where trimmed botocore models go when the caller names no directory: the user's cache."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "flamenco-deadline-worker"
+
+
 def release_memory() -> None:
     """Give freed heap back to the system (after the models are loaded and trimmed)."""
     gc.collect()
@@ -280,16 +121,20 @@ class DeadlineApi:
     """The worker API and CloudWatch Logs clients of one botocore session: two clients for the
     agent's whole life, first signing with the host's credentials, then with the fleet role's."""
 
-    def __init__(self, region: str | None) -> None:
+    def __init__(self, region: str | None, models_parent: Path | None = None) -> None:
         # Two threads: an UpdateWorkerSchedule and a PutLogEvents (or BatchGetJobEntity) at once.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="boto3")
         self._config = Config(
             retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=60, max_pool_connections=4
         )
         session = botocore.session.Session()
-        data_path = session.get_config_variable("data_path")
-        paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else []
-        session.register_component("data_loader", _WorkerLoader(extra_search_paths=paths))
+        # Models cut down to the operations this worker calls (see botodata), through botocore's
+        # documented data path, after any the user set with AWS_DATA_PATH.  Never through the
+        # environment: task processes would inherit it.
+        trimmed = botodata.ensure_trimmed(models_parent or default_models_parent())
+        if trimmed is not None:
+            paths = [session.get_config_variable("data_path"), str(trimmed)]
+            session.set_config_variable("data_path", os.pathsep.join(p for p in paths if p))
         resolver = session.get_component("credential_provider")
         self._creds = _WorkerCredentials(resolver.load_credentials())
         resolver.insert_before("env", _Fixed(self._creds))

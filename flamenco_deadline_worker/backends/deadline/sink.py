@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flamenco_deadline_worker import private
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.schedule import Schedule
 from flamenco_deadline_worker.core.model import Delivery, DeliveryResult, Head
@@ -120,8 +121,8 @@ class DeadlineSink:
 
 
 def _append(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
+    private.make_dirs(path.parent)
+    with open(path, "a", encoding="utf-8", opener=private.opener) as f:
         f.write(text)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable, backoff
+from flamenco_deadline_worker.taskenv import HOST_CREDENTIAL_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,6 @@ def host_properties() -> dict[str, object]:
     return props
 
 
-HOST_CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_CREDENTIAL_EXPIRATION",
-)
 
 
 def hide_host_credentials() -> None:

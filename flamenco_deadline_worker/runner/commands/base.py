@@ -53,6 +53,15 @@ def list_of_strings(value: Any) -> str | None:
     return None
 
 
+@attrs.frozen
+class FileRules:
+    """Where file commands may act: inside one of ``roots`` (the work directory and
+    ``file_command_roots``), never on one of ``protected`` (the worker's own files)."""
+
+    roots: tuple[str, ...]
+    protected: tuple[str, ...] = ()
+
+
 class Reporter(Protocol):
     """What a command can tell about its progress.  Everything goes through the update queue."""
 
@@ -74,6 +83,7 @@ class Context(Protocol):
     reporter: Reporter
     limits: ProcessLimits
     run_as: RunAs | None
+    file_rules: FileRules
 
     async def run_process(
         self,

@@ -1,22 +1,31 @@
 """The `file-management` family: make-directory, move-directory, copy-file.
 
-These run inside the worker (no child process).  Blocking file work goes to a thread so the
-event loop keeps delivering updates.  When the worker runs as root with a ``job_user``, what these
-commands create is handed to that user, so the job's own processes can write into it.
+The work itself (and the path rules) is in ``fileops``.  Without ``job_user`` it runs in a thread of
+the worker, so the event loop keeps delivering updates.  With ``job_user`` it runs in a child
+process switched to that user (by subprocess itself, in C; through ``sudo -n`` when the worker is not
+root), contained and killed on abort like any task process: a job reaches exactly what its user may.
+Either way a path outside ``file_command_roots`` (and the work directory), or on the worker's own
+files, fails the task with the path and the rule.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import functools
+import grp
+import inspect
+import json
 import os
-import re
+import pwd
 import shutil
-import time
+import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flamenco_deadline_worker.runner import process
+from flamenco_deadline_worker.runner.commands import fileops
 from flamenco_deadline_worker.runner.commands.base import (
     Command,
     CommandError,
@@ -26,27 +35,98 @@ from flamenco_deadline_worker.runner.commands.base import (
     register,
 )
 
-COPY_CHUNK = 4 * 1024 * 1024
+
+@functools.cache
+def _child_program() -> str:
+    """fileops' own source: the whole program of the job user's child (standard library only)."""
+    return inspect.getsource(fileops)
 
 
-def _give_to_job_user(ctx: Context, paths: list[Path]) -> None:
-    if ctx.run_as is None or os.geteuid() != 0:
-        return
-    for path in paths:
+@functools.cache
+def _interpreter_for(user: str) -> str:
+    """A Python the job user may run: ours, else the system's (the child needs only the standard
+    library, so any Python 3.8 or later does; a venv or pyenv under /root is often closed to others)."""
+    candidates = [os.path.realpath(sys.executable)]
+    system = shutil.which("python3", path=os.defpath + ":/usr/local/bin")
+    if system:
+        candidates.append(os.path.realpath(system))
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return candidates[0]
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    for candidate in candidates:
+        if _usable_by(candidate, entry.pw_uid, groups):
+            return candidate
+    return candidates[0]
+
+
+def _usable_by(path: str, uid: int, groups: set[int]) -> bool:
+    """Whether ``uid`` (with ``groups``) may reach and execute ``path``, by the permission bits."""
+    target = Path(path)
+    for part in [*reversed(target.parents), target]:
         try:
-            shutil.chown(path, user=ctx.run_as.user)
-        except (OSError, LookupError) as exc:
-            ctx.reporter.log(f"could not give {str(path)!r} to job user {ctx.run_as.user!r}: {exc}")
+            st = part.stat()
+        except OSError:
+            return False
+        if st.st_uid == uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
 
 
-def _missing_parents(path: Path) -> list[Path]:
-    """Directories above and including ``path`` that do not exist yet, outermost first."""
-    missing = []
-    for p in [path, *path.parents]:
-        if p.exists():
-            break
-        missing.append(p)
-    return list(reversed(missing))
+async def run_file_command(ctx: Context, name: str, params: Mapping[str, Any]) -> None:
+    rules = {"roots": list(ctx.file_rules.roots), "protected": list(ctx.file_rules.protected)}
+    if ctx.run_as is None:
+        loop = asyncio.get_running_loop()
+
+        def log(text: str) -> None:
+            loop.call_soon_threadsafe(ctx.reporter.log, text)
+
+        try:
+            await asyncio.to_thread(fileops.run, name, dict(params), rules, log)
+        except fileops.FileCommandError as exc:
+            raise CommandError(str(exc)) from None
+        return
+    await _run_as_job_user(ctx, name, params, rules)
+
+
+async def _run_as_job_user(ctx: Context, name: str, params: Mapping[str, Any], rules: dict[str, Any]) -> None:
+    request = json.dumps({"command": name, "params": dict(params), "rules": rules})
+    errors: list[str] = []
+
+    def on_line(line: str) -> None:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = {"log": line}  # the interpreter's own complaint, say
+        if not isinstance(item, dict):
+            item = {"log": line}
+        if "error" in item:
+            errors.append(str(item["error"]))
+        else:
+            ctx.reporter.log(str(item.get("log", "")))
+
+    assert ctx.run_as is not None
+    argv = [_interpreter_for(ctx.run_as.user), "-I", "-S", "-c", _child_program(), request]
+    try:
+        code = await process.run_process(
+            argv, on_line, cwd=ctx.workdir, limits=ctx.limits, run_as=ctx.run_as
+        )
+    except process.ProcessTimeout as exc:
+        raise CommandError(f"{name}: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"{name}: cannot start the file operation as job user {ctx.run_as.user!r}: "
+                           f"{exc.strerror or exc}") from None
+    if errors:
+        raise CommandError(errors[-1])
+    if code != 0:
+        raise CommandError(f"{name}: the file operation as job user {ctx.run_as.user!r} ended with exit code {code}")
 
 
 @register
@@ -58,47 +138,7 @@ class MakeDirectory(Command):
     parameters = (Param("path", (str,), check=absolute_path),)
 
     async def run(self, ctx: Context, params: Mapping[str, Any]) -> None:
-        path = Path(params["path"])
-        ctx.reporter.log(f"{self.name}: creating directory {str(path)!r}")
-        created = _missing_parents(path)
-        try:
-            await asyncio.to_thread(path.mkdir, mode=0o775, parents=True, exist_ok=True)
-        except FileExistsError:
-            raise CommandError(f"{self.name}: parameter 'path': {str(path)!r} exists and is not a directory")
-        except OSError as exc:
-            raise CommandError(f"{self.name}: cannot create directory {str(path)!r}: {exc.strerror or exc}")
-        _give_to_job_user(ctx, created)
-
-
-def timestamped_name(path: Path) -> Path:
-    """``path`` with its modification time appended (``-YYYY-MM-DD_HHMMSS``), then ``-001``, ``-002``...
-    until the name is free."""
-    stamp = time.strftime("%Y-%m-%d_%H%M%S", time.localtime(path.lstat().st_mtime))
-    candidate = path.with_name(f"{path.name}-{stamp}")
-    if not os.path.lexists(candidate):
-        return candidate
-    taken = [
-        int(m.group(1))
-        for other in path.parent.glob(f"{glob_escape(candidate.name)}-*")
-        if (m := re.fullmatch(re.escape(candidate.name) + r"-(\d+)", other.name))
-    ]
-    number = max(taken, default=0) + 1
-    while os.path.lexists(candidate.with_name(f"{candidate.name}-{number:03d}")):
-        number += 1
-    return candidate.with_name(f"{candidate.name}-{number:03d}")
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _move(src: Path, dest: Path) -> None:
-    try:
-        os.rename(src, dest)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        shutil.move(str(src), str(dest))  # another file system: copy, then remove
+        await run_file_command(ctx, self.name, params)
 
 
 @register
@@ -113,45 +153,7 @@ class MoveDirectory(Command):
     )
 
     async def run(self, ctx: Context, params: Mapping[str, Any]) -> None:
-        src, dest = Path(params["src"]), Path(params["dest"])
-        if not os.path.lexists(src):
-            raise CommandError(f"{self.name}: parameter 'src': {str(src)!r} does not exist, nothing moved")
-        if not src.is_dir():
-            raise CommandError(f"{self.name}: parameter 'src': {str(src)!r} is not a directory")
-        if src.resolve() == dest.resolve() or src.resolve() in dest.resolve().parents:
-            raise CommandError(f"{self.name}: parameter 'dest': {str(dest)!r} is {str(src)!r} or inside it")
-        if not dest.parent.is_dir():
-            raise CommandError(
-                f"{self.name}: parameter 'dest': parent directory {str(dest.parent)!r} does not exist"
-            )
-        if os.path.lexists(dest):
-            aside = timestamped_name(dest)
-            ctx.reporter.log(f"{self.name}: {str(dest)!r} exists, moving it to {str(aside)!r}")
-            try:
-                await asyncio.to_thread(_move, dest, aside)
-            except OSError as exc:
-                raise CommandError(f"{self.name}: cannot move {str(dest)!r} aside: {exc.strerror or exc}")
-        ctx.reporter.log(f"{self.name}: moving {str(src)!r} to {str(dest)!r}")
-        try:
-            await asyncio.to_thread(_move, src, dest)
-        except OSError as exc:
-            raise CommandError(f"{self.name}: cannot move {str(src)!r} to {str(dest)!r}: {exc.strerror or exc}")
-
-
-def _copy(src: Path, dest: Path) -> int:
-    """Copies a regular file to a new file ``dest`` (never overwriting); returns the bytes copied."""
-    copied = 0
-    with src.open("rb") as fin, dest.open("xb") as fout:
-        try:
-            while chunk := fin.read(COPY_CHUNK):
-                fout.write(chunk)
-                copied += len(chunk)
-        except BaseException:
-            fout.close()
-            dest.unlink(missing_ok=True)
-            raise
-    shutil.copymode(src, dest)
-    return copied
+        await run_file_command(ctx, self.name, params)
 
 
 @register
@@ -166,27 +168,4 @@ class CopyFile(Command):
     )
 
     async def run(self, ctx: Context, params: Mapping[str, Any]) -> None:
-        src, dest = Path(params["src"]), Path(params["dest"])
-        if not src.exists():
-            raise CommandError(f"{self.name}: parameter 'src': {str(src)!r} does not exist, nothing copied")
-        if not src.is_file():
-            raise CommandError(f"{self.name}: parameter 'src': {str(src)!r} is not a regular file")
-        if os.path.lexists(dest):
-            raise CommandError(f"{self.name}: parameter 'dest': {str(dest)!r} already exists, nothing copied")
-        created = _missing_parents(dest.parent)
-        ctx.reporter.log(f"{self.name}: copying {str(src)!r} to {str(dest)!r}")
-        try:
-            await asyncio.to_thread(dest.parent.mkdir, mode=0o775, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CommandError(
-                f"{self.name}: parameter 'dest': cannot create directory {str(dest.parent)!r}: "
-                f"{'a file is in the way' if isinstance(exc, FileExistsError) else exc.strerror or exc}"
-            )
-        try:
-            size = await asyncio.to_thread(_copy, src, dest)
-        except FileExistsError:
-            raise CommandError(f"{self.name}: parameter 'dest': {str(dest)!r} already exists, nothing copied")
-        except OSError as exc:
-            raise CommandError(f"{self.name}: cannot copy {str(src)!r} to {str(dest)!r}: {exc.strerror or exc}")
-        _give_to_job_user(ctx, [*created, dest])
-        ctx.reporter.log(f"{self.name}: copied {size} bytes")
+        await run_file_command(ctx, self.name, params)

@@ -24,10 +24,24 @@ def main() -> None:
     parser.add_argument("--template", type=Path, help="an OpenJD job template (JSON) instead")
     parser.add_argument("--throttle-rate", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--lost-answer-rate",
+        type=float,
+        default=0.0,
+        help="share of UpdateWorkerSchedule calls applied, then answered 500",
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of every answer, in ms")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus a uniform random 0..this, in ms")
     args = parser.parse_args()
+    for name in ("latency_ms", "jitter_ms", "throttle_rate", "error_rate", "lost_answer_rate"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})")
     template = json.loads(args.template.read_text()) if args.template else simple_template(args.tasks)
+    faults = Faults(
+        throttle_rate=args.throttle_rate, error_rate=args.error_rate, lost_answer_rate=args.lost_answer_rate
+    )
     emu = DeadlineEmulator(
-        make_job(template), Options(), Faults(throttle_rate=args.throttle_rate, error_rate=args.error_rate), args.port
+        make_job(template), Options(), faults, args.port, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms
     )
     emu.start()
     print(

@@ -48,6 +48,16 @@ class Faults:
     operations: frozenset[str] | None = None  # None: every operation
     scripted: list[tuple[str, ServiceError]] = attrs.field(factory=list)  # (operation, error), used once
     seed: int = 1
+    # Share of UpdateWorkerSchedule calls applied and then answered 500, as if the answer were lost on
+    # the way back: the worker cannot know whether its updates were accepted.
+    lost_answer_rate: float = 0.0
+    lost_answers: int = 0  # the next this many UpdateWorkerSchedule answers are lost so, before the rate
+
+    def lose_answer(self, rng: random.Random) -> bool:
+        if self.lost_answers > 0:
+            self.lost_answers -= 1
+            return True
+        return self.lost_answer_rate > 0 and rng.random() < self.lost_answer_rate
 
     def pick(self, operation: str, rng: random.Random) -> ServiceError | None:
         for i, (op, error) in enumerate(self.scripted):
@@ -76,14 +86,32 @@ _STATUS = {
 
 
 class DeadlineEmulator:
-    """A local Deadline Cloud worker API and CloudWatch Logs endpoint for one job."""
+    """A local Deadline Cloud worker API and CloudWatch Logs endpoint for one job.
 
-    def __init__(self, job: Job, options: Options | None = None, faults: Faults | None = None, port: int = 0) -> None:
+    ``latency_ms`` delays every answer (each call on its own, so concurrent calls overlap) by that
+    much plus a uniform ``0..jitter_ms``, as the real service's round trip of tens of ms would.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        options: Options | None = None,
+        faults: Faults | None = None,
+        port: int = 0,
+        *,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+    ) -> None:
+        if latency_ms < 0 or jitter_ms < 0:
+            raise ValueError(f"latency_ms ({latency_ms}) and jitter_ms ({jitter_ms}) must not be negative")
         self.state = ServiceState(job, options)
         self.faults = faults or Faults()
         self.port = port
+        self.latency_ms = latency_ms
+        self.jitter_ms = jitter_ms
         self.requests: list[tuple[float, str, int]] = []  # (time, operation, status)
         self._rng = random.Random(self.faults.seed)
+        self._jitter_rng = random.Random(self.faults.seed + 1)  # its own, so faults stay reproducible
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -180,9 +208,15 @@ class DeadlineEmulator:
 
     # ---- requests --------------------------------------------------------------------------
 
+    async def _delay(self) -> None:
+        delay_ms = self.latency_ms + (self._jitter_rng.uniform(0, self.jitter_ms) if self.jitter_ms else 0.0)
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+
     async def _handle(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
         raw = await request.read()
+        await self._delay()
         key_match = _KEY.search(request.headers.get("Authorization", ""))
         key = key_match.group(1) if key_match else ""
         if target.startswith(model.LOGS.metadata["targetPrefix"] + "."):
@@ -211,8 +245,14 @@ class DeadlineEmulator:
             with self.state.lock:
                 self.state.calls.append((op.name, key))
                 result = _HANDLERS[op.name](self.state, params, key)
+                lost = op.name == "UpdateWorkerSchedule" and self.faults.lose_answer(self._rng)
+                if op.name == "UpdateWorkerSchedule":
+                    self.state.schedule_answered(params["workerId"], delivered=not lost)
         except ServiceError as exc:
             return self._error(op.name, exc)
+        if lost:
+            lost_error = ServiceError("InternalServerException", "Answer lost (injected, after applying)")
+            return self._error(op.name, lost_error)
         problems = model.check(op.output_shape, result) if op.output_shape is not None else []
         if problems:
             raise AssertionError(f"the emulator's own {op.name} answer is invalid: {problems}")

@@ -1,7 +1,16 @@
 """The emulated service's state and rules: workers, sessions, session actions, log streams.
 
 Every handler takes the lock, so tests may read the state from another thread.  Breaches of the
-worker API protocol by a client are recorded in ``violations`` (tests expect it empty).
+worker API protocol by a client are recorded in ``violations`` (tests expect it empty).  Among them,
+for ``UpdateWorkerSchedule``:
+
+- once the service accepted an action's completion, nothing more may be sent for it: no progress,
+  no status, no second completion (NEVER_ATTEMPTED included).  The one exception is the identical
+  completion sent again after a call whose answer the emulator itself lost (``Faults.lost_answer_rate``
+  or ``Faults.lost_answers``): the worker could not know it had been accepted;
+- per session, an action may be reported (running, progress or a completion, NEVER_ATTEMPTED
+  included) only once every earlier action is complete or reported earlier in the same call: the
+  protocol asks NEVER_ATTEMPTED of canceled actions behind a running one to wait for its final status.
 """
 
 from __future__ import annotations
@@ -90,6 +99,10 @@ class Worker:
     stop_requested: bool = False
     fleet_key: str = ""
     statuses: list[str] = attrs.field(factory=list)
+    # Completions accepted in UpdateWorkerSchedule calls whose answer the worker never got: it may
+    # send exactly these again, until a call of it is answered.
+    unconfirmed: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    accepted_in_call: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # the latest call's completions
 
 
 @attrs.define
@@ -261,7 +274,13 @@ class ServiceState:
         worker = self._fleet_call(params, key, "UpdateWorkerSchedule")
         if worker.status not in ("STARTED", "STOPPING"):
             raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
-        for action_id, info in (params.get("updatedSessionActions") or {}).items():
+        updates = params.get("updatedSessionActions") or {}
+        for action_id in updates:  # all known before any is applied: an error answer applies nothing
+            action = self.actions.get(action_id)
+            if action is None or self.sessions[action.session_id].worker_id != worker.id:
+                raise ServiceError("ValidationException", f"unknown session action {action_id}", reason="OTHER")
+        worker.accepted_in_call = {}
+        for action_id, info in updates.items():
             self._apply_update(worker, action_id, info)
         sessions = self._open_sessions(worker)
         for session in sessions:
@@ -302,24 +321,20 @@ class ServiceState:
         return answer
 
     def _apply_update(self, worker: Worker, action_id: str, info: dict[str, Any]) -> None:
-        action = self.actions.get(action_id)
-        if action is None or self.sessions[action.session_id].worker_id != worker.id:
-            raise ServiceError("ValidationException", f"unknown session action {action_id}", reason="OTHER")
+        action = self.actions[action_id]
         session = self.sessions[action.session_id]
         action.updates.append(dict(info))
         status = info.get("completedStatus")
         if action.done:
-            if status != action.status:
-                self.violations.append(f"{action_id}: reported {status} after {action.status}")
+            self._check_repeat(worker, action, info)
             return
         if session.closed:
             self.violations.append(f"{action_id}: update for an action of a closed session")
             return
         index = session.actions.index(action)
-        if status is None or status != "NEVER_ATTEMPTED":
-            earlier = [a.id for a in session.actions[:index] if not a.done]
-            if earlier:
-                self.violations.append(f"{action_id}: {status or 'running'} while earlier {earlier} are open")
+        earlier = [a.id for a in session.actions[:index] if not a.done]
+        if earlier:
+            self.violations.append(f"{action_id}: {status or 'running'} while earlier {earlier} are open")
         if status == "NEVER_ATTEMPTED" and ("startedAt" in info or "endedAt" in info):
             self.violations.append(f"{action_id}: NEVER_ATTEMPTED with startedAt/endedAt")
         if status in COMPLETED and status != "NEVER_ATTEMPTED" and "endedAt" not in info:
@@ -339,6 +354,7 @@ class ServiceState:
             action.status = "RUNNING"
             return
         action.status = status
+        worker.accepted_in_call[action_id] = dict(info)
         if action.task is not None:
             action.task.status = {"SUCCEEDED": "SUCCEEDED", "FAILED": "FAILED", "CANCELED": "CANCELED"}.get(
                 status, "READY"
@@ -348,6 +364,31 @@ class ServiceState:
             for later in session.actions[index + 1 :]:
                 if later.kind != "envExit":
                     later.canceled = True
+
+    def _check_repeat(self, worker: Worker, action: Action, info: dict[str, Any]) -> None:
+        """An update for an action whose completion the service has already accepted."""
+        status = info.get("completedStatus")
+        if status is None:
+            what = "progress" if ("progressPercent" in info or "progressMessage" in info) else "a running update"
+            self.violations.append(f"{action.id}: {what} sent after its {action.status} was accepted")
+        elif worker.unconfirmed.get(action.id) == info:
+            pass  # the same completion again: the call that carried it lost its answer
+        elif action.id in worker.unconfirmed:
+            self.violations.append(f"{action.id}: {status} re-sent after a lost answer differs from the first")
+        else:
+            self.violations.append(f"{action.id}: {status} sent after its {action.status} was accepted")
+
+    def schedule_answered(self, worker_id: str, delivered: bool) -> None:
+        """Called once an UpdateWorkerSchedule of ``worker_id`` was applied: its answer went out
+        (``delivered``), or the emulator lost it on purpose, leaving the worker unsure."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        if delivered:
+            worker.unconfirmed.clear()
+        else:
+            worker.unconfirmed.update(worker.accepted_in_call)
+        worker.accepted_in_call = {}
 
     def _has_work(self) -> bool:
         return any(t.status == "READY" and self.job.step_ready(self.job.step(t.step_id)) for t in self.job.all_tasks())

@@ -12,52 +12,70 @@ import mimetypes
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from flamenco_deadline_worker.backends.base import (
+from flamenco_deadline_worker.core.backoff import Outage
+from flamenco_deadline_worker.core.lifecycle import EXIT_OK, live
+from flamenco_deadline_worker.core.model import (
     Backend,
     FatalServiceError,
     NotAuthorised,
+    Outcome,
     ServiceUnavailable,
     StateChange,
     Task,
     WorkerState,
 )
-from flamenco_deadline_worker.config import WorkerConfig
-from flamenco_deadline_worker.presence import StatusPublisher
-from flamenco_deadline_worker.runner.runner import Outcome, TaskRunner
-from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+if TYPE_CHECKING:
+    # Types only: the composition root hands these in; the core imports no layer above it.
+    from flamenco_deadline_worker.config import WorkerConfig
+    from flamenco_deadline_worker.runner.runner import TaskRunner
+    from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
 EXIT_AUTH_REFUSED = 3
-MAX_RETRY_DELAY = 30.0
 PREVIEW_MIN_INTERVAL = 10.0
 FINAL_STATUS_WAIT = 30.0
 PREVIEW_TYPES = ("image/png", "image/jpeg")
 
 
-class Outage:
-    """Backoff with jitter for one kind of failing call, logging one line per outage, not per retry."""
+class Presence(Protocol):
+    """Where the worker tells the world how it is (the state file, systemd, records): handed in by
+    the composition root, so the core imports no operations module."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.delay = 0.0
+    def signed_on(self, worker_id: str) -> None: ...
 
-    def failed(self, exc: Exception) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("%s failed (%s); retrying with backoff until it works", self.what, exc)
-        self.delay = min(MAX_RETRY_DELAY, max(0.5, self.delay * 2))
-        wait = getattr(exc, "retry_after", None)
-        return float(wait) if wait is not None else self.delay * random.uniform(0.5, 1.0)
+    def waiting(self, why: str) -> None: ...
 
-    def succeeded(self) -> None:
-        if self.since is not None:
-            log.info("%s works again after %.0f s", self.what, time.monotonic() - self.since)
-        self.since = None
-        self.delay = 0.0
+    def stopping(self, why: str) -> None: ...
+
+    def state(self, state: str) -> None: ...
+
+    def task_started(self, task: Task) -> None: ...
+
+    def task_finished(self, task: Task, outcome: str) -> None: ...
+
+
+class NoPresence:
+    def signed_on(self, worker_id: str) -> None:
+        pass
+
+    def waiting(self, why: str) -> None:
+        pass
+
+    def stopping(self, why: str) -> None:
+        pass
+
+    def state(self, state: str) -> None:
+        pass
+
+    def task_started(self, task: Task) -> None:
+        pass
+
+    def task_finished(self, task: Task, outcome: str) -> None:
+        pass
 
 
 class FlamencoWorker:
@@ -82,61 +100,72 @@ class FlamencoWorker:
         self._preview_task: asyncio.Task[None] | None = None
         self.tasks_run = 0
         # State file, systemd notifications and Worker records (agent.py gives the real one).
-        self.publisher = StatusPublisher(config)
+        self.publisher: Presence = NoPresence()
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
 
-    # ---- entry point -------------------------------------------------------------------------
+    # ---- its life (core/lifecycle.py): start, rounds, drain, flush, sign off ---------------------
 
     async def run(self) -> int:
         """Run until told to stop (exit 0), or the Manager sends us offline or to restart."""
-        main = asyncio.ensure_future(self._main())
-        stopper = asyncio.ensure_future(self.stop_event.wait())
-        try:
-            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if not main.done():
-            log.info("shutting down: aborting the running task, flushing updates, signing off")
-            self._wake.set()
-            main.cancel()
-            # The loop also checks stop_event: on Python < 3.12 wait_for() can swallow a cancel.
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
-            await self._finish()
-            return EXIT_OK
-        return main.result()
+        return await live(self, self.stop_event, self._flush, self.config.shutdown_flush_seconds)
 
-    async def _main(self) -> int:
+    async def start(self) -> int | None:
         try:
             await self._start()
         except NotAuthorised as exc:
             log.error("the Manager refused this worker even after registering again: %s", exc)
             return EXIT_AUTH_REFUSED
-        await self._enter(self.backend_initial_state())
-        while not self.stop_event.is_set():
-            if self.state is WorkerState.AWAKE:
-                await self._awake_once()
-                if self.single and self.tasks_run:
-                    log.info("--single: one task done, stopping")
-                    await self._finish()
-                    return EXIT_OK
-            elif self.state in (WorkerState.OFFLINE, WorkerState.RESTART):
-                await self._finish()
-                if self.state is WorkerState.RESTART:
-                    log.info("the Manager asked for a restart; exiting with code %d", self.config.restart_exit_code)
-                    return self.config.restart_exit_code
-                log.info("the Manager sent this worker offline; exiting")
+        if not self.stop_event.is_set():  # stopped before the Manager was reached: no state to report
+            await self._enter(self.backend_initial_state())
+        return None
+
+    async def abandon_start(self) -> None:
+        pass  # nothing to undo: a worker that signed on is timed out by the Manager like any other
+
+    async def step(self) -> int | None:
+        if self.state is WorkerState.AWAKE:
+            await self._awake_once()
+            if self.single and self.tasks_run:
+                log.info("--single: one task done, stopping")
                 return EXIT_OK
-            else:
-                await self._asleep_once()
-        return EXIT_OK  # stopping: run() finishes the shutdown
+        elif self.state is WorkerState.RESTART:
+            log.info("the Manager asked for a restart; exiting with code %d", self.config.restart_exit_code)
+            return self.config.restart_exit_code
+        elif self.state is WorkerState.OFFLINE:
+            log.info("the Manager sent this worker offline; exiting")
+            return EXIT_OK
+        else:
+            await self._asleep_once()
+        return None
+
+    async def drain(self) -> None:
+        # A running task was aborted when its round was cancelled; its statuses are queued.
+        self._wake.set()
+        self.publisher.stopping(f"flushing updates and signing off (state {self.state.value})")
+
+    async def _flush(self, seconds: float) -> bool:
+        delivered = await self.queue.flush(seconds)
+        if not delivered:
+            backlog = await self.queue.backlog()
+            log.warning(
+                "%d update(s) not delivered yet; they stay queued in %s for the next start",
+                backlog.count, self.config.task_update_queue_db,
+            )
+        return delivered
+
+    async def sign_off(self) -> None:
+        try:
+            await asyncio.wait_for(self.backend.sign_off(), 10)
+            log.info("signed off")
+        except (ServiceUnavailable, NotAuthorised, FatalServiceError, asyncio.TimeoutError) as exc:
+            log.warning("could not sign off (%s); the Manager will time this worker out", exc)
 
     def backend_initial_state(self) -> WorkerState:
         return getattr(self.backend, "initial_state", WorkerState.AWAKE)
 
     async def _start(self) -> None:
-        outage = Outage("signing on to the Manager")
+        outage = Outage("signing on to the Manager", time.monotonic)
         while not self.stop_event.is_set():
             try:
                 await self.backend.start()
@@ -147,22 +176,6 @@ class FlamencoWorker:
                 self.publisher.waiting(f"signing on: {exc}")
                 await self._pause(outage.failed(exc))
 
-    async def _finish(self) -> None:
-        """Deliver what can be delivered in the time allowed, then sign off."""
-        self.publisher.stopping(f"flushing updates and signing off (state {self.state.value})")
-        delivered = await self.queue.flush(self.config.shutdown_flush_seconds)
-        if not delivered:
-            backlog = await self.queue.backlog()
-            log.warning(
-                "%d update(s) not delivered yet; they stay queued in %s for the next start",
-                backlog.count, self.config.task_update_queue_db,
-            )
-        try:
-            await asyncio.wait_for(self.backend.sign_off(), 10)
-            log.info("signed off")
-        except (ServiceUnavailable, NotAuthorised, FatalServiceError, asyncio.TimeoutError) as exc:
-            log.warning("could not sign off (%s); the Manager will time this worker out", exc)
-
     # ---- states ------------------------------------------------------------------------------
 
     async def _enter(self, state: WorkerState) -> None:
@@ -170,7 +183,7 @@ class FlamencoWorker:
             log.info("worker state: %s -> %s", self.state.value, state.value)
         self.state = state
         self.publisher.state(state.value)
-        outage = Outage(f"acknowledging state {state.value}")
+        outage = Outage(f"acknowledging state {state.value}", time.monotonic)
         for _ in range(5):
             try:
                 await self.backend.state_changed(state)
@@ -192,7 +205,7 @@ class FlamencoWorker:
 
     async def _awake_once(self) -> None:
         await self._wait_for_backlog()
-        outage = Outage("fetching a task")
+        outage = Outage("fetching a task", time.monotonic)
         while True:
             if self.stop_event.is_set():
                 return

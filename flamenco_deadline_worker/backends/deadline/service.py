@@ -1,0 +1,124 @@
+"""The Deadline worker's side of the one lifecycle (core/lifecycle.py): start-up steps, rounds of
+UpdateWorkerSchedule, the drain and STOPPED, through a DeadlineAgent once the worker is STARTED."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flamenco_deadline_worker import records
+from flamenco_deadline_worker.backends.deadline import startup
+from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
+from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
+from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.presence import StatusPublisher
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineService:
+    def __init__(self, api: DeadlineApi, config: WorkerConfig, publisher: StatusPublisher, state_file: Path) -> None:
+        self.api = api
+        self.config = config
+        self.publisher = publisher
+        self.state_file = state_file
+        self.progress = StartUp()
+        self.agent: DeadlineAgent | None = None
+
+    def healthy(self) -> bool:
+        return self.agent is None or self.agent.healthy()
+
+    def metrics(self) -> dict[str, Any]:
+        if self.agent is None:
+            return {"sessions": 0}
+        return {
+            "queue_backlog_bytes": self.agent.queue.backlog_bytes,
+            "delivered_updates": self.agent.queue.delivered_updates,
+            "sessions": len(self.agent.sessions),
+        }
+
+    async def start(self) -> int | None:
+        config = self.config
+        service = f"Deadline Cloud farm {config.farm_id}, fleet {config.fleet_id}"
+        try:
+            worker_id = await self.progress.run(self.api, config, self.state_file, self.publisher, service)
+        except startup.StartupFailed as exc:
+            log.error("%s", exc)
+            return EXIT_FATAL
+        log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
+        self.publisher.signed_on(worker_id)
+        self.publisher.state("started")
+        self.agent = DeadlineAgent(
+            self.api,
+            self.progress.ids,
+            queue_db=config.task_update_queue_db,
+            logs_dir=config.logs_dir,
+            session_root=config.session_root_dir,
+            push_log_max_bytes=config.push_log_max_bytes,
+            push_log_max_interval=config.push_log_max_interval_seconds,
+            ledger_file=config.home / "deadline-sessions.json",
+            delete_on_stop=config.deadline_delete_worker_on_stop,
+            publisher=self.publisher,
+        )
+        self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
+        await self.agent.open()
+        return None
+
+    async def abandon_start(self) -> None:
+        # SIGTERM while CreateWorker or STARTED is still being retried (an outage, a fleet being
+        # created): stop now, not after the service answers.
+        log.info("stop asked during start-up (%s): exiting before taking work", self.progress.step)
+        if self.progress.started_sent:
+            await startup.set_status(self.api, self.progress.ids, "STOPPED", budget=10)
+
+    async def step(self) -> int | None:
+        assert self.agent is not None, "step() before a successful start()"
+        return await self.agent.step()
+
+    async def drain(self) -> None:
+        if self.agent is not None:
+            await self.agent.drain()
+
+    async def flush(self, seconds: float) -> bool:
+        return self.agent is None or await self.agent.queue.flush(seconds)
+
+    async def sign_off(self) -> None:
+        if self.agent is not None:
+            await self.agent.sign_off()
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+
+
+class StartUp:
+    """The start-up steps (CreateWorker or the saved id, AssumeFleetRoleForWorker, UpdateWorker
+    STARTED), with how far they got, so a stop in the middle knows what to undo."""
+
+    def __init__(self) -> None:
+        self.step = "not begun"
+        self.ids: dict[str, str] = {}
+        self.started_sent = False
+
+    async def run(
+        self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: StatusPublisher, service: str
+    ) -> str:
+
+        worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
+        if worker_id is None:
+            self.step = "CreateWorker"
+            publisher.waiting(self.step)
+            worker_id = await startup.create_worker(api, config.farm_id, config.fleet_id)
+            startup.save_worker_id(state_file, config.farm_id, config.fleet_id, worker_id)
+            records.worker_create(worker_id, service, farm_id=config.farm_id, fleet_id=config.fleet_id)
+        else:
+            records.worker_load(worker_id, state_file, farm_id=config.farm_id, fleet_id=config.fleet_id)
+        publisher.data["worker_id"] = worker_id
+        self.ids = {"farmId": config.farm_id, "fleetId": config.fleet_id, "workerId": worker_id}
+        self.step = "AssumeFleetRoleForWorker, UpdateWorker STARTED"
+        publisher.waiting(self.step)
+        await startup.assume_fleet_role(api, self.ids)
+        self.started_sent = True
+        await startup.set_started(api, self.ids)
+        return worker_id
