@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 
+import attrs
+
 from flamenco_deadline_worker import __version__, private
 from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
 from flamenco_deadline_worker.presence import service_presence, state_file
@@ -17,6 +19,58 @@ from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
+
+EXIT_NO_MANAGER = 6
+ADAPTOR_CONNECTIONS_DIR = "adaptor-connections"
+
+
+async def find_manager(config: WorkerConfig, stop_event: asyncio.Event) -> str | None:
+    """The Manager's URL found by UPnP/SSDP, or None (logged) when none answers or we are told to stop."""
+    from flamenco_deadline_worker.backends.flamenco_discovery import DiscoveryFailed, discover_manager
+
+    search = asyncio.ensure_future(
+        discover_manager(config.manager_discovery_address, config.manager_discovery_timeout_seconds)
+    )
+    stopper = asyncio.ensure_future(stop_event.wait())
+    try:
+        await asyncio.wait({search, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not search.done():
+        search.cancel()
+        await asyncio.gather(search, return_exceptions=True)
+        return None
+    try:
+        return search.result()
+    except DiscoveryFailed as exc:
+        log.error("%s", exc)
+        return None
+
+
+def adaptor_connection_env(config: WorkerConfig) -> dict[str, str]:
+    """Environment for task processes: the worker's own directory for adaptor connection files.
+
+    A relative ``--connection-file`` of an adaptor lands there, so two workers on one host never
+    share an adaptor daemon.  With job_user the directory becomes that user's (as root), or is left
+    out when the worker cannot hand it over (sudo resets the environment anyway).
+    """
+    import os
+    import shutil
+
+    from flamenco_deadline_worker.adaptor.protocol import CONNECTION_DIR_ENV
+
+    directory = config.home / ADAPTOR_CONNECTIONS_DIR
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if config.job_user:
+            if os.geteuid() != 0:
+                return {}
+            shutil.chown(directory, user=config.job_user)
+    except (OSError, LookupError) as exc:
+        log.warning("cannot prepare %s for adaptor connection files (%s); adaptors use their working "
+                    "directory instead", directory, exc)
+        return {}
+    return {CONNECTION_DIR_ENV: str(directory)}
 
 
 def process_limits(config: WorkerConfig) -> ProcessLimits:
@@ -43,7 +97,13 @@ async def run_flamenco(
 ) -> int:
     from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
     from flamenco_deadline_worker.core.worker import FlamencoWorker
+    from flamenco_deadline_worker.node_checks import NodeChecks
 
+    if not config.manager_url:
+        found = await find_manager(config, stop_event)
+        if found is None:
+            return 0 if stop_event.is_set() else EXIT_NO_MANAGER
+        config = attrs.evolve(config, manager_url=found)
     log.info(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",
         __version__, config.manager_url, config.home, config.task_update_queue_db,
@@ -72,9 +132,11 @@ async def run_flamenco(
         run_as=RunAs(config.job_user) if config.job_user else None,
         activity_interval=config.push_act_max_interval_seconds,
         file_rules=file_rules(config),
+        task_env=adaptor_connection_env(config),
     )
     worker = FlamencoWorker(config, backend, queue, runner, single=single)
     worker.stop_event = stop_event
+    worker.node_checks = NodeChecks.from_config(config)
     drain = asyncio.ensure_future(queue.run_drain())
     async with service_presence(config, stop_event, healthy=lambda: not drain.done()) as publisher:
         worker.publisher = publisher

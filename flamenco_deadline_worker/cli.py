@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (stopped, or sent offline); 1 unexpected error; 2 bad configuration or usage;
 3 the Manager refused this worker's credentials even after registering again; 4 stopped at once by a
-second SIGINT/SIGTERM; restart_exit_code (47 by default) when the Manager asks for a restart.
+second SIGINT/SIGTERM; 6 manager_url is empty and no Manager answered the UPnP/SSDP search;
+restart_exit_code (47 by default) when the Manager asks for a restart.
 `flamenco-worker flush`: 0 all delivered (or nothing queued), 1 some updates still queued, 2 configuration,
 5 the worker is running (it delivers its own backlog).
 """
@@ -127,7 +128,7 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     logs.setup(level="debug" if args.verbose else "info", bootstrap=True)
     try:
         config = load_config(args)
-        cfg.require_manager(config)
+        cfg.require_manager(config, discovery=True)
         cfg.check_paths(config)
     except cfg.ConfigError as exc:
         print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)

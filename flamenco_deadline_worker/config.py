@@ -30,6 +30,8 @@ SYSTEM_CONFIG = Path("/etc/flamenco-worker/flamenco-worker.cfg")
 LOCAL_CONFIG = Path("flamenco-worker.cfg")
 HOME_CONFIG_NAME = ".flamenco-worker.cfg"
 ENV_PREFIX = "FLAMENCO_WORKER_"
+# Flamenco 3 workers read the worker name from this; FLAMENCO_WORKER_WORKER_NAME wins when both are set.
+SHORT_NAME_ENV = "FLAMENCO_WORKER_NAME"
 
 EXIT_CONFIG_ERROR = 2
 # Keys whose command-line flag is not simply --key-name, so error messages name the real flag.
@@ -75,6 +77,13 @@ def _absolute_paths(v: Any) -> str | None:
     return f"must list absolute paths, not {relative!r}" if relative else None
 
 
+def _host_port(v: Any) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        return "must be HOST:PORT, e.g. 239.255.255.250:1900"
+    return None
+
+
 def _url(v: Any) -> str | None:
     if not v:
         return None
@@ -108,7 +117,12 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("backend", str, "flamenco", "Service to work for: 'flamenco' or 'deadline'.", _backend),
-    Key("manager_url", str, "", "URL of the Flamenco Manager, e.g. http://manager:8080/.", _url),
+    Key("manager_url", str, "", "URL of the Flamenco Manager, e.g. http://manager:8080/; empty: find it by UPnP/SSDP.",
+        _url),
+    Key("manager_discovery_address", str, "239.255.255.250:1900",
+        "Where the SSDP search for a Manager goes (host:port) when manager_url is empty.", _host_port),
+    Key("manager_discovery_timeout_seconds", float, 10.0, "How long to search for a Manager before giving up.",
+        _positive),
     Key("worker_name", str, "", "Name shown in the Manager; empty means this host's name."),
     Key(
         "task_types",
@@ -119,10 +133,17 @@ KEYS: tuple[Key, ...] = (
     Key("task_update_queue_db", str, "flamenco-worker.db", "SQLite file of the durable update queue."),
     Key("logs_dir", str, "flamenco-worker-logs", "Directory for the agent log and per-task logs."),
     Key("work_dir", str, "flamenco-worker-tasks", "Directory holding a working directory per task."),
-    Key("may_i_run_interval_seconds", float, 5.0, "How often to ask whether the running task may go on.",
-        _positive),
-    Key("task_poll_interval_seconds", float, 2.0, "Wait when the Manager has no task (jitter added).",
-        _positive),
+    Key("may_i_run_interval_seconds", float, 5.0,
+        "Ask may-i-run after this long without contact about the running task (a delivered update counts; "
+        "asked at least every twice this).", _positive),
+    Key("task_poll_interval_seconds", float, 2.0,
+        "First wait when the Manager has no task; each empty answer waits longer (jitter added).", _positive),
+    Key("task_poll_max_interval_seconds", float, 20.0,
+        "Longest wait between two task requests of an idle worker.", _positive),
+    Key("pre_task_check_read", list, [], "Paths that must be readable before a task is fetched (e.g. shared storage)."),
+    Key("pre_task_check_write", list, [], "Directories that must be writable before a task is fetched."),
+    Key("work_dir_min_free_mib", int, 256, "No task is fetched while work_dir has less free space (MiB; 0: no check).",
+        _non_negative),
     Key("asleep_poll_interval_seconds", float, 5.0, "How often an asleep worker asks for a state change.",
         _positive),
     Key("push_log_max_interval_seconds", float, 1.0, "Longest time a log line waits before it is sent.",
@@ -178,6 +199,8 @@ class WorkerConfig:
     home_config: Path
     backend: str
     manager_url: str
+    manager_discovery_address: str
+    manager_discovery_timeout_seconds: float
     worker_name: str
     task_types: tuple[str, ...]
     task_update_queue_db: Path
@@ -185,6 +208,10 @@ class WorkerConfig:
     work_dir: Path
     may_i_run_interval_seconds: float
     task_poll_interval_seconds: float
+    task_poll_max_interval_seconds: float
+    pre_task_check_read: tuple[str, ...]
+    pre_task_check_write: tuple[str, ...]
+    work_dir_min_free_mib: int
     asleep_poll_interval_seconds: float
     push_log_max_interval_seconds: float
     push_log_max_bytes: int
@@ -320,6 +347,12 @@ def load(
 
     for key in KEYS:
         env_name = ENV_PREFIX + key.name.upper()
+        if key.name == "worker_name" and SHORT_NAME_ENV in environ:
+            if env_name not in environ:
+                env_name = SHORT_NAME_ENV  # Flamenco 3's own name for it
+            elif environ[env_name] != environ[SHORT_NAME_ENV]:
+                log.warning("$%s and $%s differ; using $%s = %r", env_name, SHORT_NAME_ENV, env_name,
+                            environ[env_name])
         if env_name in environ:
             values[key.name] = _convert(key, environ[env_name], f"${env_name}", from_text=True)
             sources[key.name] = f"${env_name}"
@@ -333,6 +366,8 @@ def load(
     values["worker_name"] = values["worker_name"] or socket.gethostname()
     values["task_types"] = tuple(values["task_types"])
     values["file_command_roots"] = tuple(str(Path(p).expanduser()) for p in values["file_command_roots"])
+    values["pre_task_check_read"] = tuple(values["pre_task_check_read"])
+    values["pre_task_check_write"] = tuple(values["pre_task_check_write"])
     values["log_level"] = values["log_level"].lower()
     for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()
@@ -341,8 +376,9 @@ def load(
     return WorkerConfig(home=home, home_config=home_config, sources=sources, **values)
 
 
-def require_manager(config: WorkerConfig) -> None:
-    if config.backend == "flamenco" and not config.manager_url:
+def require_manager(config: WorkerConfig, *, discovery: bool = False) -> None:
+    """ConfigError when the service is not configured; ``discovery``: an empty manager_url means "search"."""
+    if config.backend == "flamenco" and not config.manager_url and not discovery:
         raise ConfigError(
             "manager_url: not set; give --manager URL, set FLAMENCO_WORKER_MANAGER_URL, "
             f"or put manager_url in {SYSTEM_CONFIG} or {config.home_config}"

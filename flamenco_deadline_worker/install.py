@@ -586,9 +586,7 @@ def _validate(args: argparse.Namespace, settings: dict[str, Any]) -> None:
                             ("fleet_id", args.fleet_id), ("job_user", args.job_user)):
         if flag_value is not None:
             overrides[key] = flag_value
-    if args.backend == "flamenco" and not overrides.get("manager_url"):
-        raise cfg.ConfigError("--manager URL is required: the Flamenco Manager this worker works for, "
-                              "e.g. --manager http://manager:8080/")
+    # Flamenco without --manager is allowed: the worker finds its Manager by UPnP/SSDP, as Flamenco 3 does.
     if args.backend == "deadline" and not (overrides.get("farm_id") and overrides.get("fleet_id")):
         raise cfg.ConfigError("--farm-id and --fleet-id are required with --backend deadline "
                               "(the farm_id and fleet_id of the customer-managed fleet)")

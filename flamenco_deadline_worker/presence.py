@@ -147,6 +147,14 @@ class StatusPublisher:
             records.worker_status(str(self.data["worker_id"] or "(not signed on yet)"), state, previous)
         self.notifier.status(self._systemd_status())
 
+    def checks(self, problems: list[str]) -> None:
+        """The pre-task checks' outcome: while any fails, the state file and systemd say why."""
+        if problems == self.data.get("failed_checks", []):
+            return
+        self.data["failed_checks"] = list(problems)
+        self._write()
+        self.notifier.status(f"not fetching tasks: {'; '.join(problems)}" if problems else self._systemd_status())
+
     def task_started(self, task: Task) -> None:
         self.data["current_task"] = {
             "id": task.id,

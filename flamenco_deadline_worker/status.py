@@ -97,6 +97,8 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         "state": state,
         "current_task": saved.get("current_task") if running else None,
         "queue_problem": saved.get("queue_problem") if running else None,
+        # Pre-task checks failing right now (the worker fetches no task until they pass), else [].
+        "failed_checks": saved.get("failed_checks", []) if running else [],
         "last_task": saved.get("last_task"),
         "tasks_run": saved.get("tasks_run"),
         "state_updated_at": saved.get("updated_at"),
@@ -139,6 +141,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"task log:     {task['log_file']}")
     else:
         lines.append("current task: none")
+    for problem in info.get("failed_checks") or []:
+        lines.append(f"NOT FETCHING: {problem}")
     if backlog["count"] is None:
         lines.append(f"queue:        unknown ({backlog['note']})")
     else:

@@ -38,6 +38,7 @@ HOW_TO_ENABLE_SPEC = (
 # Fast polling so the tests do not wait on the worker's production intervals.
 WORKER_ENV: dict[str, str] = {
     "FLAMENCO_WORKER_TASK_POLL_INTERVAL_SECONDS": "0.2",
+    "FLAMENCO_WORKER_TASK_POLL_MAX_INTERVAL_SECONDS": "0.5",
     "FLAMENCO_WORKER_MAY_I_RUN_INTERVAL_SECONDS": "0.5",
     "FLAMENCO_WORKER_ASLEEP_POLL_INTERVAL_SECONDS": "0.3",
     "FLAMENCO_WORKER_PUSH_LOG_MAX_INTERVAL_SECONDS": "0.2",
@@ -85,20 +86,15 @@ def openapi_spec() -> Path | None:
 
 
 class RecordingManager(LocalManager):
-    """The local Manager, also keeping (time, method, path) of every worker API request it receives."""
-
-    def __init__(self, validate_against: Path | None = None, seed: int = 0) -> None:
-        super().__init__(validate_against=validate_against, seed=seed)
-        self.requests: list[tuple[float, str, str]] = []
+    """The local Manager (which logs every request it receives), waking wait_for() on every request."""
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests.append((time.monotonic(), request.method, request.path))
         self.changed()  # so that wait_for() can wait on request counts
         return await super()._middleware(request, handler)
 
     def count(self, method: str, path_suffix: str, since: float = 0.0) -> int:
-        return sum(1 for t, m, p in self.requests if t >= since and m == method and p.endswith(path_suffix))
+        return self.count_requests(method, path_suffix, since)
 
     def the_worker(self) -> WorkerRecord:
         """The one registered worker (the latest, when it registered again)."""
@@ -285,21 +281,27 @@ class WorkerStarter:
 
     async def start(
         self,
-        manager_url: str,
+        manager_url: str | None,
         home: Path | None = None,
         *args: str,
         env: Mapping[str, str] | None = None,
-        name: str = "e2e-worker",
+        name: str | None = "e2e-worker",
+        default_timing: bool = False,
     ) -> WorkerProcess:
+        """``manager_url`` None: no --manager (the worker searches); ``name`` None: no name variable set;
+        ``default_timing``: the worker's own intervals instead of the fast WORKER_ENV ones."""
         home = home or self.root / "home"
         home.mkdir(parents=True, exist_ok=True)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
-        full_env.update(WORKER_ENV)
-        full_env["FLAMENCO_WORKER_WORKER_NAME"] = name
+        if not default_timing:
+            full_env.update(WORKER_ENV)
+        if name is not None:
+            full_env["FLAMENCO_WORKER_WORKER_NAME"] = name
         full_env.update(env or {})
         output = home / f"worker-output-{len(self.started) + 1}.txt"
+        manager_args = ["--manager", manager_url] if manager_url is not None else []
         argv: Sequence[str] = [
-            *worker_executable(), "--manager", manager_url, "--home", str(home),
+            *worker_executable(), *manager_args, "--home", str(home),
             "--config", str(self.empty_config), *args,
         ]
         with output.open("wb") as out:

@@ -186,6 +186,7 @@ def worker_env(home: Path, **settings: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         FLAMENCO_WORKER_TASK_POLL_INTERVAL_SECONDS="0.2",
+        FLAMENCO_WORKER_TASK_POLL_MAX_INTERVAL_SECONDS="0.5",
         FLAMENCO_WORKER_PUSH_ACT_MAX_INTERVAL_SECONDS="0.2",
         FLAMENCO_WORKER_PUSH_LOG_MAX_INTERVAL_SECONDS="0.2",
         FLAMENCO_WORKER_KILL_GRACE_SECONDS="2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -99,15 +100,23 @@ def test_cli_exits_2_with_file_and_key(tmp_path: Path) -> None:
     assert f"{f}: push_log_max_bytes: must be an integer, got 'big'" in proc.stderr
 
 
-def test_cli_without_manager_url_says_how_to_set_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "flamenco_deadline_worker", "--config", str(REPO / "worker.cfg.example"),
-         "--home", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, env=env,
-    )
-    assert proc.returncode == 2
-    assert "manager_url: not set; give --manager URL" in proc.stderr
+def test_cli_without_manager_url_searches_and_says_how_to_set_it(tmp_path: Path) -> None:
+    # The search goes to a UDP port on 127.0.0.1 that nobody answers: never to the LAN's multicast group.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMENCO_WORKER_")}
+        env["FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS"] = f"127.0.0.1:{silent.getsockname()[1]}"
+        env["FLAMENCO_WORKER_MANAGER_DISCOVERY_TIMEOUT_SECONDS"] = "1.5"
+        proc = subprocess.run(
+            [sys.executable, "-m", "flamenco_deadline_worker", "--config", str(REPO / "worker.cfg.example"),
+             "--home", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        searches = silent.recv(4096)
+    assert proc.returncode == 6, proc.stderr
+    assert searches.startswith(b"M-SEARCH * HTTP/1.1") and b"ST: urn:flamenco:manager:0" in searches
+    assert "no Flamenco Manager answered the UPnP/SSDP search" in proc.stderr
+    assert "set manager_url (--manager URL" in proc.stderr
 
 
 def test_save_keys_keeps_other_lines_and_is_private(tmp_path: Path) -> None:
@@ -131,3 +140,23 @@ def test_save_keys_creates_a_new_file(tmp_path: Path) -> None:
     save_keys(path, {"worker_id": "a", "worker_secret": "b"})
     assert cfg.read_toml(path) == {"worker_id": "a", "worker_secret": "b"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_flamenco_3_name_variable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = cfg.load(config_files=[], home=tmp_path, environ={"FLAMENCO_WORKER_NAME": "node-7"})
+    assert (short.worker_name, short.source_of("worker_name")) == ("node-7", "$FLAMENCO_WORKER_NAME")
+    both = {"FLAMENCO_WORKER_NAME": "node-7", "FLAMENCO_WORKER_WORKER_NAME": "node-8"}
+    with caplog.at_level(logging.WARNING):
+        long = cfg.load(config_files=[], home=tmp_path, environ=both)
+    assert long.worker_name == "node-8"
+    assert "$FLAMENCO_WORKER_WORKER_NAME and $FLAMENCO_WORKER_NAME differ; using" in caplog.text
+
+
+def test_discovery_address_is_checked(tmp_path: Path) -> None:
+    env = {"FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS": "239.255.255.250"}
+    with pytest.raises(cfg.ConfigError) as bad:
+        cfg.load(config_files=[], home=tmp_path, environ=env)
+    assert str(bad.value) == (
+        "$FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS: manager_discovery_address: must be HOST:PORT, "
+        "e.g. 239.255.255.250:1900, got '239.255.255.250'"
+    )

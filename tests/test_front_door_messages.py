@@ -30,11 +30,11 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 # ---- install ---------------------------------------------------------------------------------
 
 
-def test_install_without_manager_names_the_flag(tmp_path: Path) -> None:
-    result = run("install", "--root", str(tmp_path / "stage"))
-    assert result.returncode == 2
-    assert "--manager URL is required" in result.stderr, result.stderr
-    assert "nonexistent" not in result.stderr
+def test_install_without_manager_leaves_it_to_discovery_and_deadline_names_its_flags(tmp_path: Path) -> None:
+    # Without --manager the worker finds its Manager by UPnP/SSDP: a dry run plans the install.
+    result = run("install", "--dry-run", "--root", str(tmp_path / "plan"))
+    assert result.returncode == 0, result.stderr
+    assert "nonexistent" not in result.stdout + result.stderr
     deadline = run("install", "--backend", "deadline", "--farm-id", "farm-1", "--root", str(tmp_path / "stage"))
     assert deadline.returncode == 2 and "--farm-id and --fleet-id are required" in deadline.stderr
     assert not (tmp_path / "stage").exists()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from types import FrameType
 
 from .. import __version__
 from .adaptor import Adaptor
-from .protocol import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROTOCOL_VERSION
+from .protocol import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROTOCOL_VERSION, connection_file_path
 
 DATA_HELP = "JSON or YAML, inline or file://path"
 
@@ -63,7 +62,7 @@ def main(adaptor: type[Adaptor] | str, argv: list[str], prog: str) -> int:
     if args.command == "daemon":
         from . import client, daemon
 
-        cf = os.path.abspath(args.connection_file)
+        cf = connection_file_path(args.connection_file)
         if args.daemon_command == "stop":
             return client.stop(cf)
         if spec is None:

@@ -14,7 +14,16 @@ import signal
 import sys
 from types import FrameType
 
-from .protocol import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, LineReader, encode, peer_uid
+from .protocol import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    LineReader,
+    connection_file_path,
+    encode,
+    peer_uid,
+)
 
 
 class DaemonUnavailable(Exception):
@@ -208,7 +217,7 @@ def fast_main(argv: list[str]) -> int | None:
         i += 1
     if "--connection-file" not in opts:
         return None
-    connection_file = os.path.abspath(opts["--connection-file"])
+    connection_file = connection_file_path(opts["--connection-file"])
     if argv[1] == "stop":
         return stop(connection_file)
     data = opts.get("--run-data")

@@ -35,6 +35,7 @@ from .protocol import (
     EXIT_USAGE,
     PROTOCOL_VERSION,
     LineReader,
+    connection_file_path,
     encode,
     peer_uid,
 )
@@ -320,7 +321,7 @@ def start_daemon(
     startup_timeout: float = 120.0,
 ) -> int:
     """Spawn the daemon, wait until it listens, run ``on_start`` through it; returns the exit code."""
-    connection_file = os.path.abspath(connection_file)
+    connection_file = connection_file_path(connection_file)
     if os.path.exists(connection_file):
         pong = client.ping(connection_file)
         if pong is not None:

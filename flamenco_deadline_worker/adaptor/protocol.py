@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _socket
 import json
+import os
 import sys
 
 PROTOCOL_VERSION = 1
@@ -21,6 +22,19 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+
+# The worker sets this for task processes to a directory in its own home (see connection_file_path).
+CONNECTION_DIR_ENV = "FDW_ADAPTOR_CONNECTION_DIR"
+
+
+def connection_file_path(value: str) -> str:
+    """Where connection file ``value`` lives: an absolute path as given; a relative one in
+    ``$FDW_ADAPTOR_CONNECTION_DIR`` when set (so two workers on one host never share a daemon), else
+    in the current directory."""
+    if os.path.isabs(value):
+        return os.path.normpath(value)
+    base = os.environ.get(CONNECTION_DIR_ENV) or os.getcwd()
+    return os.path.normpath(os.path.join(base, value))
 
 
 def encode(message: dict[str, object]) -> bytes:

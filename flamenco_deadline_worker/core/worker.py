@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +25,7 @@ from flamenco_deadline_worker.core.model import (
     Task,
     WorkerState,
 )
+from flamenco_deadline_worker.core.pacing import PermissionPacing, TaskPollPacing
 
 if TYPE_CHECKING:
     # Types only: the composition root hands these in; the core imports no layer above it.
@@ -57,6 +57,23 @@ class Presence(Protocol):
 
     def task_finished(self, task: Task, outcome: str) -> None: ...
 
+    def checks(self, problems: list[str]) -> None: ...
+
+
+class NodeChecks(Protocol):
+    """Pre-task checks: while ``problems()`` is not empty the worker fetches no task."""
+
+    recheck_seconds: float
+
+    async def problems(self) -> list[str]: ...
+
+
+class NoChecks:
+    recheck_seconds = 30.0
+
+    async def problems(self) -> list[str]:
+        return []
+
 
 class NoPresence:
     def signed_on(self, worker_id: str) -> None:
@@ -75,6 +92,9 @@ class NoPresence:
         pass
 
     def task_finished(self, task: Task, outcome: str) -> None:
+        pass
+
+    def checks(self, problems: list[str]) -> None:
         pass
 
 
@@ -103,6 +123,9 @@ class FlamencoWorker:
         self.publisher: Presence = NoPresence()
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced
+        self.task_pacing = TaskPollPacing(config.task_poll_interval_seconds, config.task_poll_max_interval_seconds)
+        # Pre-task checks (ops: node_checks.py), handed in by the composition root.
+        self.node_checks: NodeChecks = NoChecks()
 
     # ---- its life (core/lifecycle.py): start, rounds, drain, flush, sign off ---------------------
 
@@ -205,6 +228,8 @@ class FlamencoWorker:
 
     async def _awake_once(self) -> None:
         await self._wait_for_backlog()
+        if not await self._node_ready():
+            return
         outage = Outage("fetching a task", time.monotonic)
         while True:
             if self.stop_event.is_set():
@@ -219,8 +244,10 @@ class FlamencoWorker:
             except (ServiceUnavailable, FatalServiceError) as exc:
                 await self._pause(outage.failed(exc))
         if item is None:
-            await self._pause(self.config.task_poll_interval_seconds * random.uniform(0.8, 1.2))
-        elif isinstance(item, StateChange):
+            await self._pause(self.task_pacing.no_task())
+            return
+        self.task_pacing.work_arrived()
+        if isinstance(item, StateChange):
             await self._enter(item.requested)
         elif self.queue.has_undelivered(item.id):
             # The Manager re-sends a task it still thinks is active because our updates (maybe a
@@ -229,6 +256,22 @@ class FlamencoWorker:
             await self.queue.wait_delivered(item.id, FINAL_STATUS_WAIT)
         else:
             await self._run_task(item)
+
+    async def _node_ready(self) -> bool:
+        """Run the pre-task checks; while one fails, say why, fetch nothing and look again later."""
+        problems = await self.node_checks.problems()
+        self.publisher.checks(problems)
+        if not problems:
+            return True
+        # Fetching no task also means hearing of no state change: ask for that instead, which
+        # also keeps the Manager seeing this worker.
+        with contextlib.suppress(ServiceUnavailable, FatalServiceError, NotAuthorised):
+            wanted = await self.backend.requested_state()
+            if wanted is not None and wanted is not self.state:
+                await self._enter(wanted)
+                return False
+        await self._pause(self.node_checks.recheck_seconds)
+        return False
 
     async def _wait_for_backlog(self) -> None:
         limit = self.config.queue_backlog_max_bytes
@@ -277,15 +320,24 @@ class FlamencoWorker:
     _pending_state: WorkerState | None = None
 
     async def _watch_permission(self, task: Task, running: asyncio.Future[Outcome]) -> None:
-        """Ask may-i-run while the task runs; abort it when the Manager says no."""
+        """Ask may-i-run while the task runs, when no update went out lately; abort it when the Manager says no."""
+        interval = self.config.may_i_run_interval_seconds
+        pacing = PermissionPacing(interval, 2 * interval)
         while not running.done():
-            await asyncio.sleep(self.config.may_i_run_interval_seconds)
+            # A task update the Manager accepted counts as a probe (the backend notes when; a 409 aborts).
+            pacing.update_delivered_at(getattr(self.backend, "last_update_delivered", 0.0))
+            wait = pacing.wait()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             try:
                 permission = await self.backend.may_keep_running(task.id)
             except (ServiceUnavailable, FatalServiceError, NotAuthorised) as exc:
                 # Keep rendering through an outage; the Manager decides once it is back.
                 log.debug("may-i-run for task %s failed: %s", task.id, exc)
+                pacing.asked()
                 continue
+            pacing.asked()
             if permission.may_keep_running:
                 continue
             if permission.state_change_requested:

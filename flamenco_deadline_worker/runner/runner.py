@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -152,7 +153,9 @@ class CommandContext:
         limits: process.ProcessLimits,
         run_as: process.RunAs | None,
         file_rules: commands.FileRules,
+        task_env: Mapping[str, str] | None = None,
     ) -> None:
+        self.task_env = dict(task_env or {})
         self.task_id = task.id
         self.job_id = task.job_id
         self.workdir = workdir
@@ -180,6 +183,8 @@ class CommandContext:
                 on_line(line)
 
         reporter.log(f"$ {' '.join(argv)}")
+        if self.task_env:
+            env = {**(os.environ if env is None else env), **self.task_env}
         try:
             code = await process.run_process(
                 argv, handler, cwd=cwd or self.workdir, env=env, limits=self.limits, run_as=self.run_as,
@@ -207,7 +212,9 @@ class TaskRunner:
         activity_interval: float = 1.0,
         on_output: OutputCallback | None = None,
         file_rules: commands.FileRules | None = None,
+        task_env: Mapping[str, str] | None = None,
     ) -> None:
+        self.task_env = dict(task_env or {})  # added to every task process's environment
         self.queue = queue
         self.work_root = work_root
         # File commands: only the work directory unless the composition root says more.
@@ -300,7 +307,7 @@ class TaskRunner:
 
     async def _run_commands(self, task: Task, reporter: TaskReporter, workdir: Path) -> Outcome:
         await reporter.status(TaskStatus.ACTIVE, f"starting task {task.name}")
-        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as, self.file_rules)
+        ctx = CommandContext(task, workdir, reporter, self.limits, self.run_as, self.file_rules, self.task_env)
         steps_before = task.steps_completed
         for index, spec in enumerate(task.commands, start=1):
             self.current_command = spec.name

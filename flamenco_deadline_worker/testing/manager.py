@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from aiohttp import web
@@ -55,6 +55,8 @@ MANAGER_VERSION = {
 PREVIEW_TYPES = frozenset({"image/png", "image/jpeg"})
 MAX_PREVIEW_BYTES = 10 * 1024 * 1024
 _TASK_UPDATE_PATH = re.compile(r"^/api/v3/worker/task/[^/]+$")
+# The UUID a Flamenco 3 Manager announces itself with over SSDP.
+SSDP_UUID = "aa80bc5f-d0af-46b8-8630-23bd7e80ec4d"
 
 
 class _Reply(Exception):
@@ -82,6 +84,51 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
     return web.json_response({"code": status, "message": message}, status=status, headers=headers)
 
 
+@attrs.frozen
+class RequestRecord:
+    """One request the manager received: when (time.monotonic()), what, and from which worker (its login)."""
+
+    at: float
+    method: str
+    path: str
+    worker_id: str
+
+
+class SsdpResponder(asyncio.DatagramProtocol):
+    """Answers UPnP/SSDP searches for a Flamenco Manager the way a Flamenco 3 Manager does.
+
+    Bound to a unicast address (127.0.0.1 in tests), so nothing is multicast on the LAN.
+    """
+
+    def __init__(self, location: Callable[[], str]) -> None:
+        self.location = location
+        self.transport: asyncio.DatagramTransport | None = None
+        self.searches = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        from flamenco_deadline_worker.backends.flamenco_discovery import SERVICE_TYPE, parse_headers
+
+        start, headers = parse_headers(data)
+        if not start.upper().startswith("M-SEARCH") or headers.get("ST") not in (SERVICE_TYPE, "ssdp:all"):
+            return
+        self.searches += 1
+        answer = (
+            "HTTP/1.1 200 OK\r\n"
+            "CACHE-CONTROL: max-age=1800\r\n"
+            "EXT:\r\n"
+            f"LOCATION: {self.location()}\r\n"
+            "SERVER: Linux UPnP/1.1 local-flamenco-manager/1.0\r\n"
+            f"ST: {SERVICE_TYPE}\r\n"
+            f"USN: uuid:{SSDP_UUID}::{SERVICE_TYPE}\r\n"
+            "\r\n"
+        )
+        if self.transport is not None:
+            self.transport.sendto(answer.encode("ascii"), addr)
+
+
 class LocalManager(Farm):
     """An in-memory Flamenco Manager on a real port; the Python API for tests comes from `Farm`."""
 
@@ -104,6 +151,10 @@ class LocalManager(Farm):
         self._host = "127.0.0.1"
         self._port = 0
         self._ssl: ssl.SSLContext | None = None
+        # Every request received, for tests and benchmarks that count the load on the Manager.
+        self.request_log: list[RequestRecord] = []
+        self._ssdp: asyncio.DatagramTransport | None = None
+        self.ssdp_responder: SsdpResponder | None = None
 
     # ----- lifecycle -----
 
@@ -124,6 +175,9 @@ class LocalManager(Farm):
         return self.url
 
     async def stop(self) -> None:
+        if self._ssdp is not None:
+            self._ssdp.close()
+            self._ssdp = None
         await self._close()
         if self._notifiers:
             await asyncio.gather(*self._notifiers, return_exceptions=True)
@@ -138,6 +192,29 @@ class LocalManager(Farm):
         if self._runner is None:
             await self._listen()
             log.info("local Flamenco manager is back on %s", self.url)
+
+    async def start_ssdp(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Answer SSDP searches on UDP ``host:port`` (0: any free port); answers that address as HOST:PORT."""
+        responder = SsdpResponder(lambda: f"{self.url}/upnp/description.xml")
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: responder, local_addr=(host, port)
+        )
+        self._ssdp, self.ssdp_responder = transport, responder
+        bound = transport.get_extra_info("sockname")
+        return f"{bound[0]}:{bound[1]}"
+
+    def count_requests(
+        self, method: str | None = None, path_suffix: str = "", since: float = 0.0, worker_id: str | None = None
+    ) -> int:
+        """How many requests matched, received at or after ``since`` (time.monotonic())."""
+        return sum(
+            1
+            for r in self.request_log
+            if r.at >= since
+            and (method is None or r.method == method)
+            and r.path.endswith(path_suffix)
+            and (worker_id is None or r.worker_id == worker_id)
+        )
 
     @property
     def url(self) -> str:
@@ -166,6 +243,7 @@ class LocalManager(Farm):
         # Route names are the spec's operationIds, so violations and logs can name the operation.
         add = app.router.add_route
         add("GET", "/api/v3/version", self._get_version, name="getVersion")
+        add("GET", "/upnp/description.xml", self._ssdp_description, name="ssdpDescription")
         add("POST", "/api/v3/worker/register-worker", self._register_worker, name="registerWorker")
         add("POST", "/api/v3/worker/sign-on", self._sign_on, name="signOn")
         add("POST", "/api/v3/worker/sign-off", self._sign_off, name="signOff")
@@ -271,6 +349,8 @@ class LocalManager(Farm):
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        worker_login = (basic_auth(request) or ("", ""))[0]
+        self.request_log.append(RequestRecord(time.monotonic(), request.method, request.path, worker_login))
         route = request.match_info.route.name or f"{request.method} {request.path}"
         if self.max_body_bytes is not None and (request.content_length or 0) > self.max_body_bytes:
             self.too_large_answers += 1
@@ -320,6 +400,17 @@ class LocalManager(Farm):
 
     async def _get_version(self, request: web.Request) -> web.Response:
         return web.json_response(MANAGER_VERSION)
+
+    async def _ssdp_description(self, request: web.Request) -> web.Response:
+        # The UPnP device description a Flamenco 3 Manager serves; workers only use its URL's host and port.
+        body = (
+            '<?xml version="1.0"?>\n<root xmlns="urn:schemas-upnp-org:device-1-0">'
+            "<specVersion><major>1</major><minor>0</minor></specVersion>"
+            f"<URLBase>{self.url}/</URLBase><device><deviceType>urn:flamenco:manager:0</deviceType>"
+            f"<friendlyName>{MANAGER_VERSION['name']}</friendlyName><UDN>uuid:{SSDP_UUID}</UDN>"
+            "</device></root>\n"
+        )
+        return web.Response(text=body, content_type="text/xml")
 
     async def _register_worker(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)
@@ -496,10 +587,15 @@ class LocalManager(Farm):
         return web.json_response([self._registered_worker_json(w) for w in self.workers.values()])
 
 
-async def _serve(host: str, port: int, validate_against: Path | None, seed: int) -> None:
+async def _serve(host: str, port: int, validate_against: Path | None, seed: int, ssdp: str | None) -> None:
     manager = LocalManager(validate_against=validate_against, seed=seed)
     url = await manager.start(host, port)
     print(f"Local Flamenco manager listening on {url}", flush=True)
+    if ssdp is not None:
+        ssdp_host, _, ssdp_port = ssdp.rpartition(":")
+        address = await manager.start_ssdp(ssdp_host, int(ssdp_port))
+        print(f"answering UPnP/SSDP searches on {address} (FLAMENCO_WORKER_MANAGER_DISCOVERY_ADDRESS={address})",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -516,9 +612,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--validate-against", type=Path, help="OpenAPI spec to check requests against")
     parser.add_argument("--seed", type=int, default=0, help="seed for ids and injected faults")
+    parser.add_argument("--ssdp", metavar="HOST:PORT",
+                        help="also answer UPnP/SSDP searches on this unicast UDP address, e.g. 127.0.0.1:1900")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_serve(args.host, args.port, args.validate_against, args.seed))
+    asyncio.run(_serve(args.host, args.port, args.validate_against, args.seed, args.ssdp))
 
 
 if __name__ == "__main__":
