@@ -15,6 +15,7 @@ from flamenco_deadline_worker.runner import containment
 from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
+from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ async def run_flamenco(
         "flamenco-deadline-worker %s starting: manager %s, home %s, queue %s",
         __version__, config.manager_url, config.home, config.task_update_queue_db,
     )
+    try:
+        home_lock = HomeLock.acquire(config.home)  # one worker per home, for this run's whole life
+    except HomeError as exc:
+        log.error("%s", exc)
+        return 2
     backend = FlamencoBackend(config, reregister=reregister)
     private.touch(config.task_update_queue_db)  # SQLite gives its -wal and -shm files this file's mode
     queue = TaskUpdateQueue(
@@ -134,6 +140,7 @@ async def run_flamenco(
     drain = asyncio.ensure_future(queue.run_drain())
     async with service_presence(config, stop_event, healthy=lambda: not drain.done()) as publisher:
         worker.publisher = publisher
+        queue.on_problem = publisher.queue_problem
         publisher.metrics_source = lambda: {
             "queue_backlog_bytes": queue.backlog_bytes, "delivered_updates": queue.delivered_updates,
         }
@@ -147,3 +154,4 @@ async def run_flamenco(
             await queue.close()
             await backend.close()
             holder.close()
+            home_lock.release()

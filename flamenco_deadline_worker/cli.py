@@ -129,6 +129,7 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     try:
         config = load_config(args)
         cfg.require_manager(config, discovery=True)
+        cfg.check_paths(config)
     except cfg.ConfigError as exc:
         print(f"flamenco-worker: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
@@ -154,6 +155,9 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
         return asyncio.run(_run_worker(args, config))
     except KeyboardInterrupt:
         return EXIT_FORCED
+    except cfg.ConfigError as exc:  # found only once running, e.g. a queue file that cannot be opened
+        log.error("configuration error: %s", exc)
+        return cfg.EXIT_CONFIG_ERROR
     except Exception:
         log.exception("the worker stopped on an unexpected error")
         return EXIT_ERROR

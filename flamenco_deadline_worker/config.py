@@ -7,8 +7,10 @@ Layers, later wins: built-in defaults < /etc/flamenco-worker/flamenco-worker.cfg
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -83,8 +85,21 @@ def _host_port(v: Any) -> str | None:
 
 
 def _url(v: Any) -> str | None:
-    if v and not (v.startswith("http://") or v.startswith("https://")):
+    if not v:
+        return None
+    if not (v.startswith("http://") or v.startswith("https://")):
         return "must start with http:// or https://"
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if not parts.hostname:
+        return "must name the Manager's host, e.g. http://manager:8080/"
+    if parts.query or parts.fragment:
+        return "must not have a ?query or #fragment"
     return None
 
 
@@ -160,7 +175,9 @@ KEYS: tuple[Key, ...] = (
     Key("restart_exit_code", int, 47, "Exit code when the Manager asks the worker to restart.", _exit_code),
     Key("structured_logs", bool, False, "Write the agent log as one JSON object per line."),
     Key("log_level", str, "info", "Agent log level: debug, info, warning or error.", _log_level),
-    Key("tls_ca_file", str, "", "Extra CA bundle for an https Manager (TLS is always verified)."),
+    Key("tls_ca_file", str, "",
+        "Extra CA bundle (PEM) for an https Manager, besides the system store; relative to the home. "
+        "TLS is always verified."),
     Key("farm_id", str, "", "Deadline Cloud farm id (backend = 'deadline')."),
     Key("fleet_id", str, "", "Deadline Cloud fleet id (backend = 'deadline')."),
     Key("deadline_region", str, "", "AWS region of the farm; empty: $AWS_REGION or $AWS_DEFAULT_REGION."),
@@ -234,6 +251,11 @@ def read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     table = data.get(TABLE, {})
@@ -256,6 +278,8 @@ def _convert(key: Key, value: Any, source: str, from_text: bool = False) -> Any:
         names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
         shown = "a value of another type (hidden)" if key.secret else repr(value)
         raise ConfigError(f"{source}: {key.name}: must be {names[key.type]}, got {shown}")
+    if key.type is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key.name}: must be a finite number, got {value!r}")
     if key.type is list and not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{source}: {key.name}: must be a list of non-empty strings, got {value!r}")
     if key.check is not None:
@@ -347,6 +371,8 @@ def load(
     values["log_level"] = values["log_level"].lower()
     for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()
+    if values["tls_ca_file"]:
+        values["tls_ca_file"] = str(home / Path(values["tls_ca_file"]).expanduser())
     return WorkerConfig(home=home, home_config=home_config, sources=sources, **values)
 
 
@@ -359,3 +385,66 @@ def require_manager(config: WorkerConfig, *, discovery: bool = False) -> None:
         )
     if config.backend == "deadline" and not (config.farm_id and config.fleet_id):
         raise ConfigError("farm_id/fleet_id: both are needed with backend = 'deadline' (--farm-id, --fleet-id)")
+
+
+def check_paths(config: WorkerConfig) -> None:
+    """Before a worker starts: every directory it writes can be made, the queue file can be
+    written, and ``tls_ca_file`` is a readable CA bundle.  ConfigError as `source: key: problem`."""
+    for key in ("logs_dir", "work_dir", "session_root_dir"):
+        if key == "session_root_dir" and config.backend != "deadline":
+            continue
+        problem = _directory_problem(getattr(config, key))
+        if problem:
+            raise ConfigError(f"{_where(config, key)}: {key}: {problem}")
+    queue = config.task_update_queue_db
+    problem = _directory_problem(queue.parent)
+    if problem:
+        problem = f"cannot use {queue}: {problem}"
+    elif queue.exists():
+        if not queue.is_file():
+            problem = f"{queue} is not a file"
+        elif not os.access(queue, os.R_OK | os.W_OK):
+            problem = f"cannot write {queue}: {_access_error(queue)}"
+    if problem:
+        raise ConfigError(f"{_where(config, 'task_update_queue_db')}: task_update_queue_db: {problem}")
+    if config.tls_ca_file:
+        try:
+            ssl.create_default_context().load_verify_locations(config.tls_ca_file)
+        except ssl.SSLError as exc:  # before OSError: it is one
+            problem = f"{config.tls_ca_file} is not a PEM CA bundle ({exc.reason or exc})"
+        except OSError as exc:
+            problem = f"cannot read {config.tls_ca_file}: {exc.strerror or exc}"
+        if problem:
+            raise ConfigError(f"{_where(config, 'tls_ca_file')}: tls_ca_file: {problem}")
+
+
+def _where(config: WorkerConfig, key: str) -> str:
+    source = config.source_of(key)
+    return "built-in default" if source == "default" else source
+
+
+def _directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (made and) written as a directory, or None."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"cannot write in {path}: {_access_error(path)}"
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent}: {_access_error(parent)}"
+    return None
+
+
+def _access_error(path: Path) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "permission denied"

@@ -528,7 +528,41 @@ def install_main(argv: Sequence[str]) -> int:
     except cfg.ConfigError as exc:
         print(f"flamenco-worker install: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    busy = _home_in_use(args, "install")
+    if busy is not None:
+        return busy
     return run_plan(install_plan(args, settings), root=args.root, dry_run=args.dry_run)
+
+
+def _in_service(pid: int) -> bool:
+    try:
+        return UNIT_NAME in Path(f"/proc/{pid}/cgroup").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _home_in_use(args: argparse.Namespace, what: str) -> int | None:
+    """One worker per home: a worker started by hand on the service's home would make the service
+    exit 2 (install --start), or lose its files under it (uninstall --purge): refuse those, warn otherwise."""
+    from flamenco_deadline_worker.upstream.homelock import holder
+
+    home = args.root / STATE_DIR.relative_to("/") if args.root is not None else STATE_DIR
+    pid = holder(home)
+    if pid is None or (what == "uninstall" and not args.purge):
+        return None
+    if pid and _in_service(pid):
+        if not getattr(args, "start", False) and what == "install":
+            print(f"flamenco-worker {what}: note: the service's worker (pid {pid}) is running; it keeps its "
+                  f"old settings until 'systemctl restart {UNIT_NAME}' (or install --start).", file=sys.stderr)
+        return None
+    holder_text = f"pid {pid}" if pid else "a process"
+    refuse = getattr(args, "start", False) or getattr(args, "purge", False)
+    consequence = ("the service would exit 2 beside it" if what == "install"
+                   else "--purge would remove its files under it")
+    print(f"flamenco-worker {what}: {'error' if refuse else 'warning'}: a worker not run by {UNIT_NAME} "
+          f"({holder_text}) is running with home {home}; one worker per home, so {consequence}. "
+          "Stop it first.", file=sys.stderr)
+    return EXIT_USAGE if refuse and not args.dry_run else None
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -573,4 +607,7 @@ def uninstall_main(argv: Sequence[str]) -> int:
     problem = _check_host(args, "uninstall")
     if problem is not None:
         return problem
+    busy = _home_in_use(args, "uninstall")
+    if busy is not None:
+        return busy
     return run_plan(uninstall_plan(args), root=args.root, dry_run=args.dry_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -90,7 +91,28 @@ class StatusPublisher:
         try:
             write_json_atomic(self.path, self.data)
         except OSError as exc:
+            if exc.errno == errno.ENOSPC and self._write_in_place():
+                return
             log.warning("could not write the state file %s: %s", self.path, exc)
+
+    def _write_in_place(self) -> bool:
+        """On a full disk, overwrite the state file in its own blocks: ``status`` then still shows
+        why (e.g. the queue problem).  Not atomic; a reader may rarely see a torn file."""
+        text = (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            if len(text) > os.fstat(fd).st_blocks * 512:
+                return False  # would need a new block, which a full disk does not have
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def _systemd_status(self) -> str:
         task = self.data.get("current_task")
@@ -154,6 +176,12 @@ class StatusPublisher:
         self.data["last_task"] = {"id": task_id, "job_id": job_id, "outcome": outcome, "ended_at": time.time()}
         self._write()
         self.notifier.status(self._systemd_status())
+
+    def queue_problem(self, problem: str | None) -> None:
+        """The update queue cannot be written (e.g. a full disk), or None once it can again."""
+        self.data["queue_problem"] = problem
+        self._write()
+        self.notifier.status(f"{self.data['state']}: {problem}" if problem else self._systemd_status())
 
     def stopping(self, why: str) -> None:
         """Shutdown begins (first call only): STOPPING=1 for systemd."""

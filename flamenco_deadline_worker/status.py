@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker.presence import pid_alive, state_file
+from flamenco_deadline_worker.upstream import homelock
 
 if TYPE_CHECKING:
     from flamenco_deadline_worker.config import WorkerConfig
@@ -75,7 +77,13 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         except (OSError, ValueError) as exc:
             saved = {"error": f"cannot read {path}: {exc}"}
     pid = int(saved.get("pid") or 0)
-    running = saved.get("state") != "stopped" and pid_alive(pid)
+    held_by = homelock.holder(config.home)
+    if held_by is not None and held_by != os.getpid():  # (flush holds it itself while it works)
+        running, pid = True, held_by or pid  # the home lock is the authority while it is held
+    elif homelock.lock_path(config.home).exists():
+        running = False  # a worker that takes the lock has stopped; the pid may be someone else's now
+    else:
+        running = saved.get("state") != "stopped" and pid_alive(pid)
     state = saved.get("state", "never started") if running else "not running"
     if saved and not running:
         state = f"not running (last state: {saved.get('state', 'unknown')})"
@@ -88,6 +96,7 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         "pid": pid if running else None,
         "state": state,
         "current_task": saved.get("current_task") if running else None,
+        "queue_problem": saved.get("queue_problem") if running else None,
         # Pre-task checks failing right now (the worker fetches no task until they pass), else [].
         "failed_checks": saved.get("failed_checks", []) if running else [],
         "last_task": saved.get("last_task"),
@@ -143,6 +152,8 @@ def render(info: dict[str, Any]) -> str:
         )
         if backlog["note"]:
             lines.append(f"              ({backlog['note']})")
+    if info.get("queue_problem"):
+        lines.append(f"QUEUE PROBLEM: {info['queue_problem']}")
     lines += [
         f"queue file:   {info['queue_db']}",
         f"agent log:    {info['logs']['agent']}",
@@ -205,6 +216,26 @@ def flush_main(argv: Sequence[str]) -> int:
         print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
         return cfg.EXIT_CONFIG_ERROR
     logs.setup(level=config.log_level if not args.verbose else "debug", secrets=[config.worker_secret])
+    try:
+        # Held while flushing: a worker started meanwhile exits 2 instead of draining the same queue.
+        home_lock = homelock.HomeLock.acquire(config.home)
+    except homelock.HomeLocked as exc:
+        print(f"flamenco-worker flush: the worker is running (pid {exc.pid or 'unknown'}, home {config.home}) and "
+              "delivers its own updates; stop it first (e.g. systemctl stop flamenco-worker) to flush by hand.",
+              file=sys.stderr)
+        return EXIT_WORKER_RUNNING
+    except homelock.HomeError as exc:
+        print(f"flamenco-worker flush: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _flush_locked(args, config)
+    finally:
+        home_lock.release()
+
+
+def _flush_locked(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from flamenco_deadline_worker import config as cfg
+
     info = collect(config)
     if info["running"]:
         print(f"flamenco-worker flush: the worker is running (pid {info['pid']}) and delivers its own updates; "
@@ -231,7 +262,11 @@ def flush_main(argv: Sequence[str]) -> int:
         print(f"flamenco-worker flush: {info['backlog']['count']} update(s) are queued but there are no worker "
               f"credentials in {config.home_config}; nothing can be delivered without them.", file=sys.stderr)
         return EXIT_NOT_ALL_DELIVERED
-    return asyncio.run(_flush(config, args.timeout))
+    try:
+        return asyncio.run(_flush(config, args.timeout))
+    except cfg.ConfigError as exc:  # e.g. a queue file that cannot be opened where it is
+        print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 async def _flush(config: WorkerConfig, timeout: float) -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from flamenco_deadline_worker.core.model import Delivery, DeliveryResult, Head, Update
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+from flamenco_deadline_worker.upstream.store import SCHEMA_VERSION
 
 Rule = Callable[[Update], DeliveryResult | None]
 
@@ -176,7 +177,7 @@ async def test_corrupt_database_is_moved_aside(tmp_path: Path, caplog: pytest.Lo
     assert len(moved) == 1 and moved[0].read_bytes().startswith(b"this is not")
     assert "is unusable" in caplog.text
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_backlog_bytes_tracks_what_is_undelivered(tmp_path: Path) -> None:

@@ -76,6 +76,18 @@ async def error_text(resp: aiohttp.ClientResponse) -> str:
     return f"HTTP {resp.status}: {message}" if message else f"HTTP {resp.status}"
 
 
+async def json_body(resp: aiohttp.ClientResponse, what: str) -> Any:
+    """The answer's JSON; anything else (a proxy's login or error page) is a retryable ServiceUnavailable."""
+    try:
+        return await resp.json(content_type=None)
+    except (ValueError, UnicodeDecodeError):
+        start = (await resp.text(errors="replace")).strip()[:120]
+        raise ServiceUnavailable(
+            f"{what} answered {resp.status} with a body that is not JSON ({resp.content_type}): {start!r}; "
+            "is a proxy or login page in front of the Manager? Will retry."
+        ) from None
+
+
 def parse_task(data: Any) -> Task:
     """An AssignedTask answer as a Task.
 
@@ -158,6 +170,18 @@ class FlamencoBackend:
         ctx.load_verify_locations(self.config.tls_ca_file)
         return ctx
 
+    def _tls_problem(self, exc: aiohttp.ClientConnectorCertificateError) -> str:
+        """What is wrong with the Manager's certificate, and what to do about it."""
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", "") or str(cert_error)
+        if getattr(cert_error, "verify_code", None) in (62, 64):  # X509_V_ERR_HOSTNAME_/IP_ADDRESS_MISMATCH
+            advice = "use the host name the certificate was issued for in manager_url"
+        else:
+            trusted = f"tls_ca_file {self.config.tls_ca_file} and " if self.config.tls_ca_file else ""
+            advice = (f"it is not signed by a CA in {trusted}the system store; set tls_ca_file to the CA that "
+                      "signed it")
+        return f"TLS certificate refused ({reason}): {advice}; nothing is sent to an unverified Manager"
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -184,6 +208,9 @@ class FlamencoBackend:
         try:
             resp = await self.session.request(method, url, json=json, headers=headers, **kwargs)
             await resp.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable(f"{method} {url}: {self._tls_problem(exc)}") from None
         except CONNECTION_ERRORS as exc:
             records.api_response(operation, "no answer", time.monotonic() - started, f"{type(exc).__name__}: {exc}")
             failure = ServiceUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}")
@@ -218,7 +245,7 @@ class FlamencoBackend:
         resp = await self._request("POST", "/register-worker", json=body, auth=False)
         if resp.status != 200:
             raise FatalServiceError(f"registration refused: {await error_text(resp)}")
-        data = await resp.json(content_type=None)
+        data = await json_body(resp, "registration")
         if not isinstance(data, dict) or not isinstance(data.get("uuid"), str):
             raise FatalServiceError(f"registration answer has no worker uuid: {str(data)[:200]}")
         logs.add_secret(secret)
@@ -256,7 +283,7 @@ class FlamencoBackend:
         resp = await self._request("POST", "/sign-on", json=body)
         if resp.status != 200:
             raise FatalServiceError(f"sign-on refused: {await error_text(resp)}")
-        data = await resp.json(content_type=None)
+        data = await json_body(resp, "sign-on")
         self.initial_state = _state(data.get("status_requested", "awake") if isinstance(data, dict) else None)
         log.info("signed on to %s as %s (%s)", self.base_url, self.config.worker_name, self.worker_id)
 
@@ -273,7 +300,7 @@ class FlamencoBackend:
             return None
         if resp.status != 200:
             raise FatalServiceError(f"state query answered {await error_text(resp)}")
-        data = await resp.json(content_type=None)
+        data = await json_body(resp, "the state query")
         return _state(data.get("status_requested") if isinstance(data, dict) else None)
 
     async def state_changed(self, state: WorkerState) -> None:
@@ -288,9 +315,9 @@ class FlamencoBackend:
         if resp.status == 204:
             return None
         if resp.status == 200:
-            return parse_task(await resp.json(content_type=None))
+            return parse_task(await json_body(resp, "the task request"))
         if resp.status == 423:
-            data = await resp.json(content_type=None)
+            data = await json_body(resp, "the task request")
             return StateChange(_state(data.get("status_requested") if isinstance(data, dict) else None))
         if resp.status == 409:
             # Not in a state that may run tasks: ask which one the Manager wants.
@@ -302,7 +329,7 @@ class FlamencoBackend:
         resp = await self._request("GET", f"/task/{task_id}/may-i-run")
         if resp.status != 200:
             raise FatalServiceError(f"may-i-run answered {await error_text(resp)}")
-        data = await resp.json(content_type=None)
+        data = await json_body(resp, "may-i-run")
         if not isinstance(data, dict):
             raise FatalServiceError(f"may-i-run answer is not an object: {str(data)[:200]}")
         return RunPermission(

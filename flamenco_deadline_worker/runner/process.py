@@ -282,8 +282,13 @@ async def run_process(
     limits: ProcessLimits | None = None,
     run_as: RunAs | None = None,
     on_spawn: Callable[[ChildProcess], Awaitable[None] | None] | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Run a child to its end, handing each output line to ``on_line``; returns its exit code.
+
+    ``pace`` is awaited after each read (e.g. the update queue's ``room``): while it waits, the
+    child's output stays in its pipe and the child blocks on a full pipe, instead of the worker
+    buffering without bound.  A paused read does not count as the child being silent.
 
     The command ends when its child exits, whether or not it closed its output earlier (the hang
     guards keep counting) or left a process holding it open: what the child left behind is killed
@@ -294,7 +299,7 @@ async def run_process(
     limits = limits or ProcessLimits()
     child = await spawn(argv, cwd=cwd, env=env, run_as=run_as, oom_score_adj=limits.oom_score_adj)
     try:
-        return await _follow(child, on_line, limits, on_spawn)
+        return await _follow(child, on_line, limits, on_spawn, pace)
     finally:
         child.close()
 
@@ -304,8 +309,10 @@ async def _follow(
     on_line: LineHandler,
     limits: ProcessLimits,
     on_spawn: Callable[[ChildProcess], Awaitable[None] | None] | None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     splitter = LineSplitter(on_line)
+    paused = [False]  # the reader waits for pace(): our own backpressure, not a silent child
     assert child.proc.stdout is not None
     stdout = child.proc.stdout
     started = time.monotonic()
@@ -317,6 +324,10 @@ async def _follow(
                 break
             child.last_output = time.monotonic()
             splitter.feed(data)
+            if pace is not None:
+                paused[0] = True
+                await _paced(pace, child)
+                paused[0] = False
         splitter.close()
 
     pump_task = asyncio.ensure_future(pump())
@@ -336,6 +347,8 @@ async def _follow(
         # after which nothing holds its output open and the rest of it can be read.
         await child.unit.kill(spare_kept=True)
         done, _ = await asyncio.wait({pump_task}, timeout=PIPE_DRAIN_SECONDS)
+        while not done and paused[0]:  # the rest waits for room in the queue: read it all, late
+            done, _ = await asyncio.wait({pump_task}, timeout=PIPE_DRAIN_SECONDS)
         if not done:
             log.warning("pid %d exited but a process out of reach still holds its output open; "
                         "stopped reading after %.0f s", child.pid, PIPE_DRAIN_SECONDS)
@@ -348,6 +361,18 @@ async def _follow(
         pump_task.cancel()
         await asyncio.shield(child.terminate_tree(limits.kill_grace))
         raise
+
+
+async def _paced(pace: Callable[[], Awaitable[None]], child: ChildProcess) -> None:
+    waiting = asyncio.ensure_future(pace())
+    try:
+        while not waiting.done():
+            # Paused by us, not silent: keep the no-output guard from firing meanwhile.
+            child.last_output = time.monotonic()
+            await asyncio.wait({waiting}, timeout=0.25)
+    finally:
+        waiting.cancel()
+    child.last_output = time.monotonic()
 
 
 def _next_guard_timeout(limits: ProcessLimits, started: float, last_output: float) -> float | None:

@@ -53,7 +53,21 @@ class TaskReporter:
         text = line + "\n"
         self.queue.put_log(self.task.id, text)
         if self._file is not None:
-            self._file.write(text)
+            try:
+                self._file.write(text)
+            except OSError as exc:
+                self._file_failed(exc)
+
+    def _file_failed(self, exc: OSError) -> None:
+        """The local copy is a convenience: a full disk must not fail the task (the queue keeps every line)."""
+        log.error("cannot write the task log file %s (%s); it stops here, the service still gets every line",
+                  getattr(self._file, "name", "?"), exc.strerror or exc)
+        file, self._file = self._file, None
+        try:
+            if file is not None:
+                file.close()
+        except OSError:
+            pass
 
     def activity(self, text: str) -> None:
         self._activity = text
@@ -121,7 +135,10 @@ class TaskReporter:
             self._activity_timer.cancel()
             self._activity_timer = None
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.error("cannot write the end of the task log file %s (%s)", self._file.name, exc.strerror or exc)
             self._file = None
 
 
@@ -146,6 +163,8 @@ class CommandContext:
         self.limits = limits
         self.run_as = run_as
         self.file_rules = file_rules
+        # Reading pauses while the queue's log buffer is full (a slow or full disk): see process.run_process.
+        self.pace = reporter.queue.room
 
     async def run_process(
         self,
@@ -168,7 +187,8 @@ class CommandContext:
             env = {**(os.environ if env is None else env), **self.task_env}
         try:
             code = await process.run_process(
-                argv, handler, cwd=cwd or self.workdir, env=env, limits=self.limits, run_as=self.run_as
+                argv, handler, cwd=cwd or self.workdir, env=env, limits=self.limits, run_as=self.run_as,
+                pace=self.pace,
             )
         except process.ProcessTimeout as exc:
             raise commands.CommandError(str(exc)) from None

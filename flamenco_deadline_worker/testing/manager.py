@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -149,6 +150,7 @@ class LocalManager(Farm):
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
         self._port = 0
+        self._ssl: ssl.SSLContext | None = None
         # Every request received, for tests and benchmarks that count the load on the Manager.
         self.request_log: list[RequestRecord] = []
         self._ssdp: asyncio.DatagramTransport | None = None
@@ -156,8 +158,10 @@ class LocalManager(Farm):
 
     # ----- lifecycle -----
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Start listening; answers the base URL.  The port is kept for `come_back()`."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Start listening (https with ``ssl_context``); answers the base URL.  The port is kept for `come_back()`."""
         if self.validate_against is not None and self._checker is None:
             from flamenco_deadline_worker.testing.spec_check import SpecChecker
 
@@ -165,6 +169,7 @@ class LocalManager(Farm):
             self._checker = await asyncio.to_thread(SpecChecker, self.validate_against)
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         await self._listen()
         log.info("local Flamenco manager listening on %s", self.url)
         return self.url
@@ -214,14 +219,14 @@ class LocalManager(Farm):
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._ssl else 'http'}://{host}:{self._port}"
 
     async def _listen(self) -> None:
         # A fresh app and runner each time: an aiohttp app cannot be set up again after cleanup.
         runner = web.AppRunner(self._make_app(), shutdown_timeout=0.0, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port, reuse_address=True).start()
+            await web.TCPSite(runner, self._host, self._port, reuse_address=True, ssl_context=self._ssl).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -10,8 +10,10 @@ its own backoff; the others keep flowing, and a slow call holds up only its own 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from flamenco_deadline_worker.core.clock import Clock, SystemClock
 from flamenco_deadline_worker.core.model import Delivery, DeliveryResult, Update, UpdateSink
 from flamenco_deadline_worker.upstream import batching
 from flamenco_deadline_worker.upstream.batching import Built, Piece
-from flamenco_deadline_worker.upstream.store import Backlog, UpdateStore
+from flamenco_deadline_worker.upstream.store import SQLITE_FULL, Backlog, UpdateStore, is_busy, result_code
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,37 @@ MIN_PIECE_BYTES = 4096  # a service that refuses even this much is retried, neve
 MAX_IN_FLIGHT = 8
 # Logs buffered in memory beyond this are committed at once rather than waiting for the timer.
 PENDING_FLUSH_BYTES = 1024 * 1024
+# Beyond this, room() makes pipe readers wait: the children block on their full pipes instead of
+# the worker buffering without end (a slow or full disk, a commit that keeps failing).
+PENDING_MAX_BYTES = 4 * 1024 * 1024
+# A failed commit is retried after this, doubling up to COMMIT_RETRY_MAX.
+COMMIT_RETRY_MIN = 0.25
+COMMIT_RETRY_MAX = 5.0
+
+# The same queue problem is logged as an error at most this often.
+PROBLEM_REPEAT_SECONDS = 60.0
+
+ProblemCallback = Callable[[str | None], None]
+
+
+def _line_groups(text: str, limit: int) -> list[str]:
+    """``text`` cut at line ends into pieces of at most ``limit`` characters (a longer line alone)."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + limit
+        if end >= len(text):
+            pieces.append(text[start:])
+            break
+        cut = text.rfind("\n", start, end)
+        if cut < 0:  # one line longer than the limit: keep it whole, up to its end
+            cut = text.find("\n", end)
+            if cut < 0:
+                pieces.append(text[start:])
+                break
+        pieces.append(text[start:cut + 1])
+        start = cut + 1
+    return pieces
 
 
 class TaskUpdateQueue:
@@ -64,8 +97,18 @@ class TaskUpdateQueue:
 
         self._pending: list[tuple[str, str]] = []
         self._pending_bytes = 0
+        self.pending_max_bytes = PENDING_MAX_BYTES
+        self._room = asyncio.Event()
+        self._room.set()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._commit_due_now = False
         self._flush_task: asyncio.Task[None] | None = None
+        # Why commits fail right now (None: they work); on_problem hears every change (status).
+        self.problem: str | None = None
+        self.on_problem: ProblemCallback | None = None
+        self._problem_since = 0.0
+        self._last_said: tuple[str | None, float] = (None, -PROBLEM_REPEAT_SECONDS)
+        self._retry_delay = 0.0
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         # The drain's own wake-up: set on every insert, cleared only by the drain, before it looks.
@@ -99,37 +142,80 @@ class TaskUpdateQueue:
             )
 
     async def close(self) -> None:
-        await self.commit_logs()
+        if not await self.commit_logs():
+            log.error(
+                "%d bytes of task log text could not be committed to %s (%s) and are lost with this exit",
+                self._pending_bytes, self.store.path, self.problem,
+            )
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         await self.store.close()
 
     # ---- producer side ---------------------------------------------------------------------
 
     def put_log(self, task_id: str, text: str) -> None:
-        """Queue log text (one or more lines, each ending in a newline) without waiting."""
+        """Queue log text (one or more lines, each ending in a newline) without waiting.
+
+        Never drops text; a reader feeding this should await ``room()`` between reads, which is
+        what keeps the buffer bounded.
+        """
         if task_id in self._gone or not text:
             return
         self._pending.append((task_id, text))
         self._pending_bytes += len(text)
+        if self._pending_bytes >= self.pending_max_bytes:
+            self._room.clear()
+        if self._flush_task is not None or self.problem is not None:
+            return  # a commit is running (it looks again when done), or the retry timer owns the next one
         if self._pending_bytes >= PENDING_FLUSH_BYTES:
-            self._schedule_commit(0.0)
-        elif self._flush_handle is None and self._flush_task is None:
+            if not self._commit_due_now:
+                self._schedule_commit(0.0)
+        elif self._flush_handle is None:
             self._schedule_commit(self.log_commit_interval)
 
-    async def put(self, update: Update) -> None:
-        """Commit ``update`` (after any buffered log text) before returning."""
-        if update.task_id in self._gone:
-            log.debug("dropping update for task %s: it is no longer ours", update.task_id)
-            return
-        async with self._write_lock:
-            rows = self._take_pending_rows()
-            rows.append(self._row(update))
-            await self._insert(rows)
+    @property
+    def log_buffer_full(self) -> bool:
+        """True while readers should wait for ``room()`` (cheap; readable from another thread)."""
+        return self._pending_bytes >= self.pending_max_bytes
 
-    async def commit_logs(self) -> None:
+    async def room(self) -> None:
+        """Return once the log buffer has room: at once, unless commits fall behind or fail.
+
+        A pipe reader awaits this between reads, so a child printing faster than the disk takes
+        it, or a full disk, pauses the child on its pipe rather than growing the worker's memory.
+        """
+        while self._pending_bytes >= self.pending_max_bytes:
+            self._room.clear()
+            await self._room.wait()
+
+    async def put(self, update: Update) -> None:
+        """Commit ``update`` (after any buffered log text) before returning; while the queue file
+        cannot be written (a full disk, a lock), retry until it can: nothing is dropped."""
+        while True:
+            if update.task_id in self._gone:
+                log.debug("dropping update for task %s: it is no longer ours", update.task_id)
+                return
+            async with self._write_lock:
+                try:
+                    await self._commit_pending(self._row(update))
+                    return
+                except (sqlite3.Error, OSError) as exc:
+                    self._commit_failed(exc)
+            await asyncio.sleep(self._retry_delay)
+
+    async def commit_logs(self) -> bool:
+        """Commit the buffered log text now.  False when the queue file cannot be written: the text
+        stays buffered, the problem is logged and shown in ``status``, and a retry is scheduled."""
         async with self._write_lock:
-            rows = self._take_pending_rows()
-            if rows:
-                await self._insert(rows)
+            try:
+                await self._commit_pending(None)
+                return True
+            except (sqlite3.Error, OSError) as exc:
+                self._commit_failed(exc)
+        if self._flush_handle is None and self._flush_task is None:
+            self._schedule_commit(self._retry_delay)
+        return False
 
     def forget_task(self, task_id: str, reason: str) -> None:
         """Updates for this task will no longer be accepted (it was taken away)."""
@@ -140,41 +226,115 @@ class TaskUpdateQueue:
             self._flush_handle.cancel()
         loop = asyncio.get_running_loop()
         self._flush_handle = loop.call_later(delay, self._start_commit_task)
+        self._commit_due_now = delay == 0.0
 
     def _start_commit_task(self) -> None:
         self._flush_handle = None
+        self._commit_due_now = False
         if self._flush_task is None:
             self._flush_task = asyncio.ensure_future(self._commit_task())
 
     async def _commit_task(self) -> None:
+        ok = False
         try:
-            await self.commit_logs()
-        except Exception:
-            log.exception("could not commit log lines to the update queue; will try again")
+            ok = await self.commit_logs()
+        finally:
             self._flush_task = None
-            self._schedule_commit(1.0)
-            return
-        self._flush_task = None
-        if self._pending:
-            self._schedule_commit(self.log_commit_interval)
+        if not ok:
+            self._schedule_commit(self._retry_delay)
+        elif self._pending:
+            self._schedule_commit(0.0 if self._pending_bytes >= PENDING_FLUSH_BYTES else self.log_commit_interval)
 
-    def _take_pending_rows(self) -> list[tuple[str, float, int, str]]:
-        """Buffered log text as rows, consecutive text of one task joined into one row."""
+    async def _commit_pending(self, last: tuple[str, float, int, str] | None) -> None:
+        """Commit the buffered text (and ``last``) in one transaction; the text leaves memory only
+        once committed, so a failed commit loses nothing.  Raises what the store raises."""
+        count = len(self._pending)
+        rows, nbytes = self._take_pending_rows(count)
+        if last is not None:
+            rows.append(last)
+        if rows:
+            await self._insert(rows)
+        del self._pending[:count]
+        self._pending_bytes -= nbytes
+        if self._pending_bytes < self.pending_max_bytes:
+            self._room.set()
+        if rows:
+            self._commit_worked()
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        self._retry_delay = min(COMMIT_RETRY_MAX, max(COMMIT_RETRY_MIN, self._retry_delay * 2))
+        if isinstance(exc, sqlite3.Error) and result_code(exc) == SQLITE_FULL or (
+            isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        ):
+            cause = f"the disk holding {self.store.path.parent} is full ({exc}); free space there"
+        elif is_busy(exc):
+            cause = f"another process holds a lock on it ({exc})"
+        else:
+            cause = f"{type(exc).__name__}: {exc}"
+        problem = f"cannot write the update queue {self.store.path}: {cause}"
+        if problem == self.problem:
+            log.debug("commit failed again: %s", exc)
+            return
+        now = self.clock.monotonic()
+        if self.problem is None:
+            self._problem_since = now
+        self.problem = problem
+        # A nearly full disk takes some commits and refuses others: one error a minute, not one per flap.
+        said_lately = problem == self._last_said[0] and now - self._last_said[1] < PROBLEM_REPEAT_SECONDS
+        log.log(
+            logging.DEBUG if said_lately else logging.ERROR,
+            "%s. Nothing is lost: task output waits in memory (at most %d MiB, then the task's process is paused "
+            "on its output) and commits are retried until they work.",
+            problem, self.pending_max_bytes // 2**20,
+        )
+        if not said_lately:
+            self._last_said = (problem, now)
+        if self.on_problem is not None:
+            self.on_problem(problem)
+
+    def _commit_worked(self) -> None:
+        self._retry_delay = 0.0
+        if self.problem is None:
+            return
+        log.log(
+            logging.DEBUG if self.clock.monotonic() - self._last_said[1] < PROBLEM_REPEAT_SECONDS
+            and self._last_said[1] < self._problem_since else logging.WARNING,
+            "the update queue %s is writable again after %.0f s; task output flows again",
+            self.store.path, self.clock.monotonic() - self._problem_since,
+        )
+        self.problem = None
+        if self.on_problem is not None:
+            self.on_problem(None)
+
+    def _take_pending_rows(self, count: int) -> tuple[list[tuple[str, float, int, str]], int]:
+        """The first ``count`` buffered texts as rows, and their size; the buffer itself is left as
+        it is (see _commit_pending).  Consecutive text of one task is joined into rows of at most
+        push_log_max_bytes, cut at line ends, so each row fits in one task update; only a single
+        line longer than that makes a longer row."""
         rows: list[tuple[str, float, int, str]] = []
-        if not self._pending:
-            return rows
+        if not count:
+            return rows, 0
         now = self.clock.time()
+        limit = self.push_log_max_bytes
+        nbytes = 0
         current_task = self._pending[0][0]
         parts: list[str] = []
-        for task_id, text in self._pending:
-            if task_id != current_task:
+        size = 0
+        for task_id, text in self._pending[:count]:
+            nbytes += len(text)
+            if parts and (task_id != current_task or size + len(text) > limit):
                 rows.append(self._log_row(current_task, "".join(parts), now))
-                current_task, parts = task_id, []
+                parts, size = [], 0
+            current_task = task_id
+            if len(text) > limit:
+                # Many lines at once (e.g. one put_log of a whole file): rows of whole lines.
+                rows.extend(self._log_row(task_id, piece, now) for piece in _line_groups(text, limit))
+                continue
             parts.append(text)
-        rows.append(self._log_row(current_task, "".join(parts), now))
-        self._pending = []
-        self._pending_bytes = 0
-        return rows
+            size += len(text)
+        if parts:
+            rows.append(self._log_row(current_task, "".join(parts), now))
+        return rows, nbytes
 
     def _log_row(self, task_id: str, text: str, now: float) -> tuple[str, float, int, str]:
         payload = json.dumps({"log": text}, ensure_ascii=False)

@@ -1,9 +1,15 @@
-"""The SQLite file behind the update queue: schema, migrations, and moving a corrupt file aside."""
+"""The SQLite file behind the update queue: schema, migrations, locks, space, and moving a corrupt file aside.
+
+Only a file SQLite proves damaged (SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check) is moved
+aside; a locked file is waited for, and a file that cannot be opened where it is stops the worker
+with a message naming it, its backlog untouched.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -13,12 +19,15 @@ from typing import Any
 import aiosqlite
 import attrs
 
+from flamenco_deadline_worker.config import ConfigError
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Index i holds the statements that take a database from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# Index i holds the statements that take a database from version i to i + 1 (in one transaction);
+# None marks a step done by code outside a transaction (see _migrate).
+MIGRATIONS: tuple[tuple[str, ...] | None, ...] = (
     (
         """CREATE TABLE updates (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -29,11 +38,53 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX updates_by_task ON updates (task_id, id)",
     ),
+    None,  # 1 -> 2: auto_vacuum=INCREMENTAL, so a drained queue gives its space back
 )
+
+# SQLite's primary result codes (the low byte of an extended code).
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 3, 5, 6, 8
+SQLITE_CORRUPT, SQLITE_CANTOPEN, SQLITE_FULL, SQLITE_NOTADB = 11, 14, 13, 26
+
+# Each statement waits this long for another connection's lock before SQLITE_BUSY.
+BUSY_TIMEOUT_SECONDS = 5.0
+# While opening: a shorter wait per try, so the log says soon that the file is locked.
+OPEN_BUSY_TIMEOUT_SECONDS = 1.0
+LOCKED_REMINDER_SECONDS = 30.0
+# Free pages worth giving back once the queue is empty; tries while the connection is busy.
+RECLAIM_MIN_BYTES = 1024 * 1024
+RECLAIM_TRIES = 50
+# The write-ahead log is cut back to this after a checkpoint, instead of keeping its largest size.
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 class NewerSchema(Exception):
     pass
+
+
+class QueueFileError(ConfigError):
+    """The queue file cannot be used where it is (read-only, not openable, from a newer worker)."""
+
+
+def result_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (Python >= 3.11), else guessed from the message."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc).lower()
+    for needle, guess in (("locked", SQLITE_BUSY), ("malformed", SQLITE_CORRUPT), ("not a database", SQLITE_NOTADB),
+                          ("unable to open", SQLITE_CANTOPEN), ("readonly", SQLITE_READONLY),
+                          ("disk is full", SQLITE_FULL)):
+        if needle in text:
+            return guess
+    return None
+
+
+def is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and result_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+class ProvenCorrupt(sqlite3.DatabaseError):
+    """quick_check found damage: the one case besides SQLITE_CORRUPT/NOTADB where a file is moved aside."""
 
 
 @attrs.frozen
@@ -57,38 +108,108 @@ class Backlog:
         return max(0.0, (now or time.time()) - self.oldest_created)
 
 
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """SQLite may have rolled back already (e.g. on SQLITE_FULL); a second ROLLBACK would hide the cause."""
+    if db.in_transaction:
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback after a failed transaction: %s", exc)
+
+
 class UpdateStore:
     """Rows of JSON payloads in WAL mode; every write is one committed transaction."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._moved_aside = False
         self._tx = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._reclaim: asyncio.Future[None] | None = None
+        self._reclaim_wanted = False
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = await self._connect()
-        except (sqlite3.DatabaseError, NewerSchema) as exc:
-            moved = self._move_aside()
-            log.error(
-                "update queue %s is unusable (%s); moved it to %s and started an empty queue. "
-                "Updates in the old file were NOT delivered; inspect it with sqlite3.",
-                self.path, exc, moved,
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueFileError(f"task_update_queue_db: cannot create {self.path.parent}: {exc.strerror}") from None
+        self._say_if_empty_file()
+        locked_since: float | None = None
+        reminded = 0.0
+        while True:
+            try:
+                self._db = await self._connect()
+                break
+            except sqlite3.Error as exc:
+                code = result_code(exc)
+                if is_busy(exc):
+                    now = time.monotonic()
+                    if locked_since is None or now - reminded >= LOCKED_REMINDER_SECONDS:
+                        log.warning(
+                            "update queue %s is locked by another process (%s)%s; waiting for it, never moving "
+                            "it aside", self.path, exc,
+                            "" if locked_since is None else f" for {now - locked_since:.0f} s now",
+                        )
+                        locked_since = locked_since or now
+                        reminded = now
+                    await asyncio.sleep(0.2)
+                    continue
+                if isinstance(exc, ProvenCorrupt) or code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                    self._replace_corrupt(exc)
+                    continue
+                raise QueueFileError(self._cannot_open(exc)) from None
+            except NewerSchema as exc:
+                raise QueueFileError(
+                    f"task_update_queue_db: {self.path}: {exc}. Upgrade this worker, or move the file away "
+                    "yourself (its updates are then never delivered)."
+                ) from None
+        if locked_since is not None:
+            log.info("update queue %s: the lock is gone after %.0f s; opened it", self.path,
+                     time.monotonic() - locked_since)
+
+    def _say_if_empty_file(self) -> None:
+        try:
+            empty = self.path.stat().st_size == 0 and not Path(f"{self.path}-wal").exists()
+        except OSError:
+            return
+        if empty:
+            log.warning(
+                "update queue %s is an empty (0-byte) file: nothing was ever committed to it (or it was cut "
+                "short outside the worker); starting it as a new, empty queue", self.path,
             )
-            self._db = await self._connect()
+
+    def _replace_corrupt(self, exc: Exception) -> None:
+        if self._moved_aside:
+            raise QueueFileError(f"task_update_queue_db: {self.path}: still unusable after moving it aside: {exc}")
+        self._moved_aside = True
+        moved = self._move_aside()
+        log.error(
+            "update queue %s is unusable: SQLite finds it damaged (%s); moved it to %s and started an empty queue. "
+            "Updates in the old file were NOT delivered; inspect it with sqlite3.", self.path, exc, moved,
+        )
+
+    def _cannot_open(self, exc: sqlite3.Error) -> str:
+        reason = str(exc)
+        try:
+            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
+                reason = f"{reason} (read-only file system)"
+        except OSError:
+            pass
+        return f"task_update_queue_db: cannot open {self.path}: {reason}"
 
     async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db = await aiosqlite.connect(self.path, isolation_level=None, timeout=OPEN_BUSY_TIMEOUT_SECONDS)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed update survives power loss too, not only a crash of the worker.
             await db.execute("PRAGMA synchronous=FULL")
+            await db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             async with db.execute("PRAGMA quick_check") as cur:
                 result = await cur.fetchone()
             if not result or result[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {result[0] if result else 'no answer'}")
+                raise ProvenCorrupt(f"quick_check: {result[0] if result else 'no answer'}")
             await self._migrate(db)
+            await db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         except BaseException:
             await db.close()
             raise
@@ -101,12 +222,31 @@ class UpdateStore:
         if version > SCHEMA_VERSION:
             raise NewerSchema(f"schema version {version} is newer than this worker's {SCHEMA_VERSION}")
         for step in range(version, SCHEMA_VERSION):
-            await db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[step]:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {step + 1}")
-            await db.execute("COMMIT")
+            statements = MIGRATIONS[step]
+            if statements is None:
+                if not await self._to_incremental_vacuum(db):
+                    return  # tried again at the next start
+            else:
+                await db.execute("BEGIN IMMEDIATE")
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+                await db.execute("COMMIT")
             log.info("update queue %s: schema migrated to version %d", self.path, step + 1)
+
+    async def _to_incremental_vacuum(self, db: aiosqlite.Connection) -> bool:
+        """Version 2: pages freed by delivered updates can be given back (VACUUM needs no transaction)."""
+        try:
+            await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            await db.execute("VACUUM")  # rewrites the file once; needs about its size in free space
+        except sqlite3.OperationalError as exc:
+            if result_code(exc) != SQLITE_FULL:
+                raise
+            log.warning("update queue %s: no room to rewrite it for giving space back (%s); trying again at "
+                        "the next start", self.path, exc)
+            return False
+        await db.execute("PRAGMA user_version = 2")
+        return True
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -124,6 +264,10 @@ class UpdateStore:
         return self._db
 
     async def close(self) -> None:
+        reclaim, self._reclaim = self._reclaim, None
+        if reclaim is not None:
+            reclaim.cancel()
+            await asyncio.gather(reclaim, return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -139,7 +283,7 @@ class UpdateStore:
                 )
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                await _rollback(db)
                 raise
 
     async def heads(self, limit: int = 200) -> list[tuple[str, int]]:
@@ -158,10 +302,88 @@ class UpdateStore:
             return
         marks = ",".join("?" * len(ids))
         await self.db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
+        self._reclaim_soon()
 
     async def delete_task(self, task_id: str) -> int:
         async with self.db.execute("DELETE FROM updates WHERE task_id = ?", (task_id,)) as cur:
-            return cur.rowcount
+            count = cur.rowcount
+        self._reclaim_soon()
+        return count
+
+    def _reclaim_soon(self) -> None:
+        """After rows went: give space back in a task of its own, so a delete is done once committed
+        (a failure here must never look like the delete failing)."""
+        self._reclaim_wanted = True  # a running task looks again: it may have looked just before
+        if self._db is not None and (self._reclaim is None or self._reclaim.done()):
+            self._reclaim = asyncio.ensure_future(self._reclaim_quietly())
+
+    async def _reclaim_quietly(self) -> None:
+        while self._reclaim_wanted:
+            self._reclaim_wanted = False
+            try:
+                await self.reclaim_if_empty()
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's "no active connection"
+                log.debug("giving space back failed (%s); trying after the next drain", exc)
+                return
+
+    async def reclaim_if_empty(self) -> int:
+        for _ in range(RECLAIM_TRIES):
+            async with self._tx:  # executescript() would commit another coroutine's open transaction
+                given = await self._reclaim_if_empty()
+            if given is not None:
+                return given
+            await asyncio.sleep(0.1)  # another statement of this connection is still being read
+        return 0
+
+    async def _reclaim_if_empty(self) -> int | None:
+        """Once every update is delivered, give the file's free pages back and cut the write-ahead
+        log to nothing; answers the bytes given back, None to be tried again shortly (another
+        statement of this connection is being read).  A queue that never empties keeps its pages
+        for reuse, which costs nothing."""
+        db = self.db
+        async with db.execute("SELECT EXISTS (SELECT 1 FROM updates)") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0]:
+            return 0
+        free = await self._pragma_int("freelist_count") * await self._pragma_int("page_size")
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        if free < RECLAIM_MIN_BYTES and wal_size < RECLAIM_MIN_BYTES:
+            return 0
+        before = self._size_on_disk()
+        try:
+            if free >= RECLAIM_MIN_BYTES:
+                # Each step of this pragma frees one page, and execute() steps a row-less statement
+                # only once: executescript() runs it to the end.
+                await db.executescript("PRAGMA incremental_vacuum;")
+            # In WAL mode the file shrinks only when the checkpoint copies the vacuum into it.
+            async with db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                busy = await cur.fetchone()
+            if busy is not None and busy[0]:
+                return None
+        except sqlite3.Error as exc:
+            if is_busy(exc):
+                return None
+            log.debug("giving space back failed (%s); trying after the next drain", exc)
+            return 0
+        given = max(0, before - self._size_on_disk())
+        if given:
+            log.info("update queue %s is empty: gave %.1f MiB back to the file system", self.path, given / 2**20)
+        return given
+
+    async def _pragma_int(self, name: str) -> int:
+        async with self.db.execute(f"PRAGMA {name}") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def _size_on_disk(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += Path(f"{self.path}{suffix}").stat().st_size
+            except OSError:
+                pass
+        return total
 
     async def row_counts(self) -> dict[str, int]:
         async with self.db.execute("SELECT task_id, COUNT(*) FROM updates GROUP BY task_id") as cur:
@@ -180,6 +402,7 @@ class UpdateStore:
         db = self.db
         async with self._tx:
             await self._consume(db, ids, rest)
+        self._reclaim_soon()
 
     async def _consume(self, db: aiosqlite.Connection, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
         await db.execute("BEGIN")
@@ -192,5 +415,5 @@ class UpdateStore:
                 await db.execute("UPDATE updates SET payload = ?, nbytes = ? WHERE id = ?", (payload, nbytes, row_id))
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            await _rollback(db)
             raise

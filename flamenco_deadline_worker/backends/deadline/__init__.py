@@ -35,6 +35,13 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         return 2
     from flamenco_deadline_worker.core.lifecycle import live
     from flamenco_deadline_worker.presence import service_presence
+    from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
+
+    try:
+        home_lock = HomeLock.acquire(config.home)  # one worker per home; freed when this run returns
+    except HomeError as exc:
+        log.error("%s", exc)
+        return 2
 
     # botocore's own debug logging prints whole answers, credentials included: never let it through.
     for name in ("botocore", "urllib3"):
@@ -66,4 +73,5 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         finally:
             await service.close()
             api.close()
+            home_lock.release()
     return 1  # not reached: the block above returns

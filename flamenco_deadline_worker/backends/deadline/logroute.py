@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 
 from openjd.sessions import LOG
 
@@ -18,10 +20,12 @@ class LogRouter(logging.Handler):
         self.queue = queue
         self.routes: dict[str, str] = {}  # session id -> queue task id
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._propagate = True
 
     def install(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         LOG.addHandler(self)
         self._propagate = LOG.propagate
         LOG.propagate = False  # session output belongs in the session log, not the agent's
@@ -53,4 +57,26 @@ class LogRouter(logging.Handler):
         try:
             self._loop.call_soon_threadsafe(self.queue.put_log, task_id, text)
         except RuntimeError:  # the loop is closed: the agent is going away
-            pass
+            return
+        if self.queue.log_buffer_full:
+            self._wait_for_room(self._loop)
+
+    def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On openjd's thread that reads the action's output: while the queue cannot take more (a full
+        disk, commits falling behind), stop reading, so the process blocks on its pipe (backpressure)."""
+        if threading.get_ident() == self._loop_thread:
+            return  # never block the event loop itself
+        try:
+            waiting = asyncio.run_coroutine_threadsafe(self.queue.room(), loop)
+        except RuntimeError:
+            return
+        while True:
+            try:
+                waiting.result(timeout=1.0)
+                return
+            except concurrent.futures.TimeoutError:
+                if loop.is_closed() or not loop.is_running():
+                    waiting.cancel()
+                    return
+            except Exception:  # cancelled with the agent: stop waiting
+                return

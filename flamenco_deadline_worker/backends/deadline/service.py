@@ -61,6 +61,7 @@ class DeadlineService:
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
         )
+        self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
         await self.agent.open()
         return None
 
