@@ -70,7 +70,7 @@ async def refused(manager: RecordingManager, workers: WorkerStarter, env: dict[s
     text = worker.agent_log_text()
     assert reason in text, text[-3000:]
     assert "Traceback" not in text
-    assert manager.requests == [], "no request got through the refused handshake"
+    assert manager.request_log == [], "no request got through the refused handshake"
     assert manager.workers == {} and manager.job_tasks(job)[0].status == "queued"
     assert await worker.stop() == 0
 
