@@ -96,7 +96,9 @@ async def test_full_disk_pauses_the_task_and_loses_nothing(
     whole_home: bool,
 ) -> None:
     home = small_disk / "home" if whole_home else tmp_path / "home"
-    env = {} if whole_home else {"FLAMENCO_WORKER_TASK_UPDATE_QUEUE_DB": str(small_disk / "queue.db")}
+    # The whole-home case: the pre-task free-space check of work_dir would (rightly) refuse this small disk.
+    env = ({"FLAMENCO_WORKER_WORK_DIR_MIN_FREE_MIB": "0"} if whole_home
+           else {"FLAMENCO_WORKER_TASK_UPDATE_QUEUE_DB": str(small_disk / "queue.db")})
     pid_file = tmp_path / "child.pid"
     script = (
         f"import os, sys\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
