@@ -399,6 +399,15 @@ class TaskUpdateQueue:
         """Deliver queued updates until cancelled.  Nothing in here ends the loop but a cancel: a
         failing store is logged once per outage and retried with backoff."""
         outage = Outage("reading the update queue", self.clock.monotonic, Backoff(0.5, 10.0))
+        try:
+            await self._drain_loop(outage)
+        finally:
+            # Deliveries in flight die with the drain: the store is about to close under them.
+            for call in list(self._running):
+                call.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _drain_loop(self, outage: Outage) -> None:
         while True:
             # Cleared before looking at the store: rows inserted while we read must wake the wait.
             self._new_rows.clear()
