@@ -116,8 +116,8 @@ async def test_rejected_update_is_dropped_and_the_rest_flows(tmp_path: Path, cap
     await queue.put(Update("t", log="fine\n", status="completed"))
     drain = asyncio.ensure_future(queue.run_drain())
     await sink.wait(lambda: sink.log_of("t") == "fine\n")
-    drain.cancel()
     assert await queue.flush(30)
+    drain.cancel()
     await queue.close()
     assert "refused an update for good (HTTP 400: bad)" in caplog.text
 
