@@ -51,6 +51,16 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+async def settled_queue_size(home: Path, patience: float = 30.0, small: int = 2 << 20) -> int:
+    """The queue files' size once under ``small`` bytes, or after ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        size = sum(p.stat().st_size for p in home.glob("flamenco-worker.db*"))
+        if size <= small or time.monotonic() > deadline:
+            return size
+        await asyncio.sleep(0.5)
+
+
 async def run(seconds: float, timeout: float) -> dict[str, Any]:
     manager = TimedManager()
     manager.max_body_bytes = 1024 * 1024
@@ -69,7 +79,8 @@ async def run(seconds: float, timeout: float) -> dict[str, Any]:
             await manager.wait_for(lambda: task.status in ("completed", "failed"), timeout)
             delivered_at = time.time()
             rss = peak_rss_mib(proc.pid)
-            queue_files = sum(p.stat().st_size for p in home.glob("flamenco-worker.db*"))
+            # The worker gives the file's space back once the queue is empty, in the background.
+            queue_files = await settled_queue_size(home)
         finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 60)
