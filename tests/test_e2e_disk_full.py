@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from conftest import (
     wait_until,
     worker_executable,
 )
+from disks import fill, tmpfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
@@ -35,23 +34,8 @@ PAD = "x" * 50 + " line "
 
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
-    # Not under tmp_path: another pytest session of the same user prunes old tmp_path trees, and would
-    # empty this mount (the ballast) under a running test.
-    mount = Path(tempfile.mkdtemp(prefix="fdw-queue-disk-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(f"{DISK_BYTES}", prefix="fdw-queue-disk-") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-        mount.rmdir()
-
-
-def fill(disk: Path, leave: int) -> Path:
-    ballast = disk / "ballast"
-    st = os.statvfs(disk)
-    with ballast.open("wb") as f:
-        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
-    return ballast
 
 
 def blocked_on_its_pipe(pid: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import RecordingManager, WorkerStarter, echo_task, until, worker_executable
+from disks import tmpfs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only file system needs root")
 
@@ -83,14 +83,8 @@ def test_config_mistake_exits_2_naming_file_and_key(tmp_path: Path, name: str) -
 
 @pytest.fixture
 def read_only_dir() -> Iterator[Path]:
-    # Outside tmp_path, which another pytest session of the same user may prune meanwhile.
-    target = Path(tempfile.mkdtemp(prefix="fdw-read-only-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], check=True)
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=True)
-        target.rmdir()
+    with tmpfs("1m", read_only=True, prefix="fdw-read-only-") as mount:
+        yield mount
 
 
 @needs_root

@@ -11,12 +11,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disks import fill, tmpfs
 from test_queue import ScriptedSink, open_queue
 
 from flamenco_deadline_worker.backends.base import Update
@@ -26,23 +26,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpf
 
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
-    mount = Path(tempfile.mkdtemp(prefix="fdw-small-disk-"))  # outside tmp_path: see test_e2e_disk_full
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs("4m", prefix="fdw-small-disk-") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-        mount.rmdir()
 
 
-def fill(disk: Path, leave: int) -> Path:
-    ballast = disk / "ballast"
-    st = os.statvfs(disk)
-    ballast.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
-    return ballast
-
-
-@needs_root
 async def test_a_full_disk_keeps_every_line_holds_readers_back_and_recovers(small_disk: Path) -> None:
     sink = ScriptedSink()
     queue = await open_queue(small_disk / "q.db", sink, push_log_max_bytes=64 * 1024)
