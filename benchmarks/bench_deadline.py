@@ -41,6 +41,7 @@ def run_one(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         log_stream_rate_is_violation=name != AWS,
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
+        tasks_ahead=args.tasks_ahead,
     )
     if name == AWS:
         problem = netns.namespace_problem()
@@ -72,10 +73,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of every service answer, in ms")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus a uniform random 0..this, in ms")
+    parser.add_argument(
+        "--tasks-ahead", type=int, default=4,
+        help="taskRun actions the service assigns beyond the running one (the emulator's default: 4)",
+    )
     parser.add_argument("--only", choices=("ours", "aws"))
     args = parser.parse_args()
     if args.tasks < 1:
         parser.error(f"--tasks must be at least 1 (got {args.tasks})")
+    if args.tasks_ahead < 0:
+        parser.error(f"--tasks-ahead must not be negative (got {args.tasks_ahead})")
     if args.latency_ms < 0 or args.jitter_ms < 0:
         parser.error(f"--latency-ms ({args.latency_ms}) and --jitter-ms ({args.jitter_ms}) must not be negative")
     results: dict[str, dict[str, Any]] = {}
@@ -91,6 +98,7 @@ def main() -> None:
         json.dumps(
             {
                 "latency_ms": args.latency_ms,
+                "tasks_ahead": args.tasks_ahead,
                 "throughput_ratio": round(ours["tasks_per_second"] / theirs["tasks_per_second"], 2),
                 "steady_memory_ratio": round(ours["steady_rss_mib"] / theirs["steady_rss_mib"], 3),
                 "peak_memory_ratio": round(ours["peak_rss_mib"] / theirs["peak_rss_mib"], 3),

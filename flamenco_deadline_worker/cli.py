@@ -119,6 +119,9 @@ def run_worker(argv: Sequence[str], *, may_reexec: bool = False) -> int:
     """Run the worker; ``may_reexec``: this call is the whole process (the command line), so it may
     replace itself with an optimized interpreter first (see ``optimized``)."""
     args = worker_parser().parse_args(argv)
+    # The event loop hands work to threads (SQLite, boto3, openjd-sessions) many times a task; with
+    # the default 5 ms switch interval each hand-back can wait that long for the interpreter lock.
+    sys.setswitchinterval(0.0005)
     from flamenco_deadline_worker.optimized import take_handover
 
     take_handover()

@@ -141,10 +141,11 @@ class StatusPublisher:
 
     def state(self, state: str) -> None:
         previous = self.data["state"]
+        if previous == state:
+            return  # said already; an fsynced write per service answer would slow every task
         self.data["state"] = state
         self._write()
-        if previous != state:
-            records.worker_status(str(self.data["worker_id"] or "(not signed on yet)"), state, previous)
+        records.worker_status(str(self.data["worker_id"] or "(not signed on yet)"), state, previous)
         self.notifier.status(self._systemd_status())
 
     def checks(self, problems: list[str]) -> None:

@@ -151,3 +151,14 @@ async def test_an_existing_version_1_file_is_migrated_with_its_rows(tmp_path: Pa
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+
+
+async def test_rows_beyond_one_statement_are_inserted_in_one_transaction_in_order(tmp_path: Path) -> None:
+    store = UpdateStore(tmp_path / "q.db")
+    await store.open()
+    for count in (1, 200, 201, 450):  # one statement each, then BEGIN / many / COMMIT
+        rows = [(f"t{count}", 0.0, 1, f'{{"log": "{i}\\n"}}') for i in range(count)]
+        await store.insert(rows)
+        stored = await store.rows_of(f"t{count}", 1000)
+        assert [row.payload for row in stored] == [r[3] for r in rows]
+    await store.close()

@@ -240,3 +240,26 @@ async def test_the_drain_outlives_a_failing_store(tmp_path: Path, caplog: pytest
     drain.cancel()
     assert caplog.text.count("reading the update queue failed") == 1
     await queue.close()
+
+
+async def test_updates_put_soon_are_committed_in_order_with_the_text_around_them(tmp_path: Path) -> None:
+    backend, clock = FakeBackend(), FakeClock()
+    queue = await started(tmp_path, backend, clock)
+    queue.put_log("s", "before\n")
+    queue.put_soon(Update("s", action_id="a1", extra={"startedAt": "t0"}))
+    queue.put_log("s", "after\n")
+    await queue.put(Update("s", action_id="a1", status="SUCCEEDED", extra={"completedStatus": "SUCCEEDED"}))
+    payloads = [row.payload for row in await queue.store.rows_of("s", 10)]
+    assert ["before" in payloads[0], "startedAt" in payloads[1], "after" in payloads[2]] == [True] * 3
+    assert "SUCCEEDED" in payloads[3] and len(payloads) == 4
+    await queue.close()
+
+
+async def test_an_update_put_soon_alone_is_committed_and_delivered(tmp_path: Path) -> None:
+    backend, clock = FakeBackend(), FakeClock()
+    queue = await started(tmp_path, backend, clock)
+    drain = asyncio.ensure_future(queue.run_drain())
+    queue.put_soon(Update("s", action_id="a1", extra={"startedAt": "t0"}))
+    await backend.until(lambda: [u.extra for u in backend.delivered] == [{"startedAt": "t0"}])
+    drain.cancel()
+    await queue.close()

@@ -39,6 +39,7 @@ MIN_PIECE_BYTES = 4096  # a service that refuses even this much is retried, neve
 MAX_IN_FLIGHT = 8
 # Logs buffered in memory beyond this are committed at once rather than waiting for the timer.
 PENDING_FLUSH_BYTES = 1024 * 1024
+UPDATE_ROW_BYTES = 64  # what a status update counts for in the backlog, besides its log text
 # Beyond this, room() makes pipe readers wait: the children block on their full pipes instead of
 # the worker buffering without end (a slow or full disk, a commit that keeps failing).
 PENDING_MAX_BYTES = 4 * 1024 * 1024
@@ -95,7 +96,8 @@ class TaskUpdateQueue:
         self.log_commit_interval = log_commit_interval
         self.on_task_gone = on_task_gone
 
-        self._pending: list[tuple[str, str]] = []
+        # Log text, and updates put with put_soon, in order, not yet committed.
+        self._pending: list[tuple[str, str | Update]] = []
         self._pending_bytes = 0
         self.pending_max_bytes = PENDING_MAX_BYTES
         self._room = asyncio.Event()
@@ -172,6 +174,18 @@ class TaskUpdateQueue:
             if not self._commit_due_now:
                 self._schedule_commit(0.0)
         elif self._flush_handle is None:
+            self._schedule_commit(self.log_commit_interval)
+
+    def put_soon(self, update: Update) -> None:
+        """Queue ``update`` without waiting for its commit: it is committed with the buffered log
+        text, in order, within ``log_commit_interval`` (or with an earlier ``put``).  For what a crash may lose
+        without harm, such as an action's start or progress, which a restart reports anew; a
+        completion uses ``put``."""
+        if update.task_id in self._gone:
+            return
+        self._pending.append((update.task_id, update))
+        self._pending_bytes += UPDATE_ROW_BYTES
+        if self._flush_task is None and self._flush_handle is None and self.problem is None:
             self._schedule_commit(self.log_commit_interval)
 
     @property
@@ -321,6 +335,14 @@ class TaskUpdateQueue:
         parts: list[str] = []
         size = 0
         for task_id, text in self._pending[:count]:
+            if isinstance(text, Update):
+                nbytes += UPDATE_ROW_BYTES
+                if parts:
+                    rows.append(self._log_row(current_task, "".join(parts), now))
+                    parts, size = [], 0
+                rows.append(self._row(text))
+                current_task = task_id
+                continue
             nbytes += len(text)
             if parts and (task_id != current_task or size + len(text) > limit):
                 rows.append(self._log_row(current_task, "".join(parts), now))
@@ -342,7 +364,7 @@ class TaskUpdateQueue:
 
     def _row(self, update: Update) -> tuple[str, float, int, str]:
         payload = json.dumps(update.to_json(), ensure_ascii=False)
-        return (update.task_id, self.clock.time(), len(update.log) + 64, payload)
+        return (update.task_id, self.clock.time(), len(update.log) + UPDATE_ROW_BYTES, payload)
 
     async def _insert(self, rows: list[tuple[str, float, int, str]]) -> None:
         rows = [r for r in rows if r[0] not in self._gone]

@@ -93,9 +93,14 @@ class DeadlineAgent:
             log.debug("session %s: %s already completed; not reporting %s", session_id, action_id, sorted(info))
             return
         status = info.get("completedStatus")
-        if status is not None:
-            self._completed.add(key)
-        await self.queue.put(Update(task_id=session_id, action_id=action_id, status=status, extra=info))
+        update = Update(task_id=session_id, action_id=action_id, status=status, extra=info)
+        if status is None:
+            # A start or progress: committed in moments, not waited for (the action runs meanwhile);
+            # after a crash the restart reports the action INTERRUPTED with its own times anyway.
+            self.queue.put_soon(update)
+            return
+        self._completed.add(key)
+        await self.queue.put(update)
 
     def task_finished(self, session: SessionRunner, action_id: str, kind: str, status: str) -> None:
         """For ``status``: a taskRun ended (an environment action is no task)."""

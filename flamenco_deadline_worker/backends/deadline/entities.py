@@ -40,6 +40,7 @@ class JobEntities:
         self.ids = ids
         self.job_id = job_id
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._steps: dict[str, StepTemplate] = {}  # parsed once: every task of a step runs its script
 
     async def _get(self, kind: str, key: str, identifier: dict[str, str]) -> dict[str, Any]:
         if (kind, key) in self._cache:
@@ -72,14 +73,18 @@ class JobEntities:
         return details
 
     async def step(self, step_id: str) -> StepTemplate:
+        if step_id in self._steps:
+            return self._steps[step_id]
         details = await self._get("stepDetails", step_id, {"stepId": step_id})
         template = details["template"]
         if "name" not in template:
             template = {"name": "Step", "script": template}
         try:
-            return parse_model(model=StepTemplate, obj=template, supported_extensions=details.get("extensions"))
+            step = parse_model(model=StepTemplate, obj=template, supported_extensions=details.get("extensions"))
         except Exception as exc:
             raise EntityError(f"the step template of {step_id} is not valid OpenJD: {exc}") from None
+        self._steps[step_id] = step
+        return step
 
     async def environment(self, env_id: str) -> Environment:
         details = await self._get("environmentDetails", env_id, {"environmentId": env_id})

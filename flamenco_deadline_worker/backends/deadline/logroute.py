@@ -22,6 +22,8 @@ class LogRouter(logging.Handler):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._propagate = True
+        self._lines: list[tuple[str, str]] = []  # logged on openjd's threads, not yet handed over
+        self._lines_lock = threading.Lock()
 
     def install(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -54,12 +56,23 @@ class LogRouter(logging.Handler):
             text = record.getMessage() + "\n"
         except Exception:
             return
-        try:
-            self._loop.call_soon_threadsafe(self.queue.put_log, task_id, text)
-        except RuntimeError:  # the loop is closed: the agent is going away
-            return
+        with self._lines_lock:
+            self._lines.append((task_id, text))
+            wake = len(self._lines) == 1
+        if wake:  # one wake-up of the event loop for a burst of lines, not one per line
+            try:
+                self._loop.call_soon_threadsafe(self._hand_over)
+            except RuntimeError:  # the loop is closed: the agent is going away
+                return
         if self.queue.log_buffer_full:
             self._wait_for_room(self._loop)
+
+    def _hand_over(self) -> None:
+        """On the event loop: the lines openjd's threads logged since the last hand-over, in order."""
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        for task_id, text in lines:
+            self.queue.put_log(task_id, text)
 
     def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
         """On openjd's thread that reads the action's output: while the queue cannot take more (a full

@@ -45,6 +45,7 @@ class RunSpec:
     log_stream_rate_is_violation: bool = True
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    tasks_ahead: int = 4  # taskRun actions the emulated service assigns beyond the running one
     timeout: float = 1800.0
     wait_for_closed_session: bool = False  # and for the last line of its log in CloudWatch
     last_log_line: str = ""
@@ -82,6 +83,7 @@ def run_job(spec: RunSpec) -> dict[str, Any]:
     options = Options(
         update_interval_seconds=spec.update_interval_seconds,
         log_stream_rate_is_violation=spec.log_stream_rate_is_violation,
+        tasks_ahead=spec.tasks_ahead,
     )
     emu = DeadlineEmulator(
         make_job(spec.template), options, latency_ms=spec.latency_ms, jitter_ms=spec.jitter_ms
