@@ -24,7 +24,7 @@ from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredenti
 from flamenco_deadline_worker.backends.deadline.resume import SessionLedger
 from flamenco_deadline_worker.backends.deadline.schedule import Schedule
 from flamenco_deadline_worker.backends.deadline.session import SessionRunner
-from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, log_key
+from flamenco_deadline_worker.backends.deadline.sink import LOG_PREFIX, DeadlineSink, log_key
 from flamenco_deadline_worker.core.backoff import Backoff
 from flamenco_deadline_worker.core.model import Update
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -119,7 +119,8 @@ class DeadlineAgent:
     async def open(self) -> None:
         await self.queue.open()
         # Before the drain starts: which actions ended before a restart, their completions still queued.
-        for session_id, actions in (await self.queue.completed_actions()).items():
+        queued = await self.queue.completed_actions(lambda key: not key.startswith(LOG_PREFIX))
+        for session_id, actions in queued.items():
             self._completed.update((session_id, a) for a in actions)
         self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
