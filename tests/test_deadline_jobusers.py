@@ -322,3 +322,18 @@ def test_an_agent_without_a_sudo_rule_fails_the_action_with_the_sudoers_line_and
     finally:
         emu.stop()
         rule_file.unlink(missing_ok=True)
+
+
+def test_a_job_user_without_a_login_shell_is_refused_with_the_fix(tmp_path: Path) -> None:
+    try:
+        pwd.getpwnam("nobody")
+        grp.getgrnam("nogroup")
+    except KeyError:
+        pytest.skip("needs the user nobody and the group nogroup (Debian's base-passwd)")
+    with pytest.raises(jobuser.JobUserError) as caught:
+        jobuser.check(jobuser.JobUser("nobody", "nogroup"), tmp_path / "sessions")
+    if os.geteuid() == 0:
+        assert "the job user 'nobody' has the login shell '/usr/sbin/nologin'" in str(caught.value)
+        assert "usermod --shell /bin/bash nobody" in str(caught.value)
+    else:  # an agent outside the job group is told first
+        assert "is not a member of the job group 'nogroup'" in str(caught.value)

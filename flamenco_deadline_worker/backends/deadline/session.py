@@ -23,7 +23,7 @@ from openjd.sessions import ActionState, ActionStatus, PathMappingRule, PosixSes
 from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import pathmap
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
-from flamenco_deadline_worker.backends.deadline.jobuser import JobUserError, JobUsers
+from flamenco_deadline_worker.backends.deadline.jobuser import JobUser, JobUserError, JobUsers
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class SessionRunner:
         self.resumed = resumed
         self.completed = completed
         self.job_users = job_users  # None: the agent's own user, whatever the job says
+        # Known once the session exists (for job attachments too): its job user and path-mapping rules.
+        self.job_user: JobUser | None = None
+        self.path_rules: list[PathMappingRule] = []
         self.on_finished: Callable[[SessionRunner, str, str, str], None] | None = None
         self.pending: list[Action] = []
         self.known: set[str] = set()
@@ -325,6 +328,8 @@ class SessionRunner:
             if chosen is not None:
                 await self.job_users.ready(chosen)
                 user = chosen.session_user()
+            self.job_user = chosen
+        self.path_rules = rules
         for rule in rules:
             self._say(f"Path mapping rule: {rule.source_path_format.value.lower()} {rule.source_path} -> "
                       f"{rule.destination_path}")
