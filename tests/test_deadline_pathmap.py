@@ -42,6 +42,8 @@ def test_rules_map_windows_and_posix_sources_onto_this_hosts_paths() -> None:
         {"source_path_format": "WINDOWS", "source_path": "Z:\\projects", "destination_path": "/mnt/projects"},
         {"source_path_format": "POSIX", "source_path": "/home/artist/projects", "destination_path": "/mnt/projects"},
     ]
+    assert pathmap.source_to_destination(rules) == {
+        "Z:\\projects": "/mnt/projects", "/home/artist/projects": "/mnt/projects"}
 
 
 def test_the_most_specific_rule_wins_whatever_the_order() -> None:

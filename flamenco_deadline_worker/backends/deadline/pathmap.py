@@ -67,6 +67,12 @@ def as_dicts(rules: Sequence[PathMappingRule]) -> list[dict[str, str]]:
     return [rule.to_dict() for rule in rules]
 
 
+def source_to_destination(rules: Sequence[PathMappingRule]) -> dict[str, str]:
+    """``{source path: destination path}``: the form the ``deadline`` library's job attachments take
+    as ``storage_profiles_path_mapping_rules`` (manifest roots from the submitter's profile)."""
+    return {str(rule.source_path): str(rule.destination_path) for rule in rules}
+
+
 def _specificity(rule: PathMappingRule) -> int:
     source = rule.source_path
     return len(source.parts) if isinstance(source, PurePath) else len(str(source))
