@@ -19,6 +19,7 @@ from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
+from flamenco_deadline_worker.backends.deadline.jobuser import JobUserError, JobUsers
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
 from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredentials
 from flamenco_deadline_worker.backends.deadline.resume import SessionLedger
@@ -52,6 +53,7 @@ class DeadlineAgent:
         ledger_file: Path | None = None,
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
+        run_jobs_as_agent_user: bool = False,
     ) -> None:
         self.api = api
         self.ids = ids
@@ -66,6 +68,7 @@ class DeadlineAgent:
         self.sessions: dict[str, SessionRunner] = {}
         self.ledger = SessionLedger(ledger_file or queue_db.with_name("deadline-sessions.json"), ids["workerId"])
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
+        self.job_users = JobUsers(run_as_agent=run_jobs_as_agent_user, session_root=session_root)
         self.router = LogRouter(self.queue)
         self.interval = 15.0
         self.publisher = publisher
@@ -219,6 +222,7 @@ class DeadlineAgent:
             env_vars=self.queue_creds.env,
             resumed=resumed,
             completed=lambda action_id: (session_id, action_id) in self._completed,
+            job_users=self.job_users,
         )
         runner.on_finished = self.task_finished
         self.sessions[session_id] = runner
@@ -241,12 +245,23 @@ class DeadlineAgent:
         except Exception as exc:
             self.router.write(runner.id, f"could not read the job details: {exc}\n")
         else:
-            message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
+            message = await self.queue_creds.ensure(
+                runner.queue_id, bool(job.get("queueRoleArn")), group=self._job_group(job)
+            )
             if message:
                 self.router.write(runner.id, message + "\n")
         finally:
             if not runner.draining:
                 runner.start()
+
+    def _job_group(self, job: dict[str, Any]) -> str | None:
+        """The group that shares the queue credentials with the session's job user (None: the agent's
+        own user runs it; a job user that cannot be used fails the first action with the reason)."""
+        try:
+            user, _ = self.job_users.choose(job)
+        except JobUserError:
+            return None
+        return user.group if user is not None else None
 
     async def _close(self, runner: SessionRunner, timeout: float = 30.0) -> None:
         await runner.close(timeout=timeout)

@@ -60,6 +60,7 @@ class DeadlineService:
             ledger_file=config.home / "deadline-sessions.json",
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
+            run_jobs_as_agent_user=config.deadline_run_jobs_as_agent_user,
         )
         self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
         await self.agent.open()
