@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
+from flamenco_deadline_worker.backends.deadline.attachments import S3Access
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
 from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredentials
@@ -66,6 +67,11 @@ class DeadlineAgent:
         self.sessions: dict[str, SessionRunner] = {}
         self.ledger = SessionLedger(ledger_file or queue_db.with_name("deadline-sessions.json"), ids["workerId"])
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
+        # Job attachments reach S3 with the queue role's credentials, in the region of the worker API.
+        self.s3_access = S3Access(
+            ids["farmId"], api.deadline.meta.region_name, lambda queue_id: self.queue_creds.directory / queue_id /
+            "credentials.json"
+        )
         self.router = LogRouter(self.queue)
         self.interval = 15.0
         self.publisher = publisher
@@ -218,6 +224,7 @@ class DeadlineAgent:
             env_vars=self.queue_creds.env,
             resumed=resumed,
             completed=lambda action_id: (session_id, action_id) in self._completed,
+            s3_access=self.s3_access,
         )
         runner.on_finished = self.task_finished
         self.sessions[session_id] = runner
