@@ -94,9 +94,11 @@ def submit_inputs(
     )
 
 
-def attachments_template(tasks: int = 20, files: int = 100) -> dict[str, Any]:
+def attachments_template(tasks: int = 20, files: int = 100, *, environments: bool = False) -> dict[str, Any]:
+    """The job: ``tasks`` tasks sharing ``files`` inputs; with ``environments``, a job and a step
+    environment around them (each echoes on enter and exit)."""
     share = files // tasks
-    return {
+    template: dict[str, Any] = {
         "specificationVersion": "jobtemplate-2023-09",
         "name": "AttachmentsJob",
         "parameterDefinitions": [
@@ -119,6 +121,15 @@ def attachments_template(tasks: int = 20, files: int = 100) -> dict[str, Any]:
             }
         ],
     }
+    if environments:
+        template["jobEnvironments"] = [_echo_environment("JobEnv")]
+        template["steps"][0]["stepEnvironments"] = [_echo_environment("StepEnv")]
+    return template
+
+
+def _echo_environment(name: str) -> dict[str, Any]:
+    actions = {when: {"command": "echo", "args": [f"{when} {name}"]} for when in ("onEnter", "onExit")}
+    return {"name": name, "script": {"actions": actions}}
 
 
 def read_outputs(s3: S3Server, farm_id: str, queue_id: str, job_id: str) -> dict[str, dict[str, bytes]]:
