@@ -85,6 +85,8 @@ class _ToSessionLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "session_id", None):
             OJD_LOG.handle(record)  # the log router reads openjd's logger, by session id
+        else:
+            log.handle(record)  # not a session's: the agent's own log
 
 
 @attrs.define
