@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import grp
 import json
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -152,12 +154,17 @@ class SessionAttachments:
         self._attachments: Any = None  # Attachments
         self._storage_rules: dict[str, str] = {}
         self._sync: Any = None  # AssetSync
+        self._permissions: Any = None  # PosixFileSystemPermissionSettings when a job user runs the tasks
+        self._group: str | None = None
 
     # ---- set-up --------------------------------------------------------------------------
 
-    def prepare(self, job: Mapping[str, Any], details: Mapping[str, Any]) -> None:
+    def prepare(
+        self, job: Mapping[str, Any], details: Mapping[str, Any], job_user: tuple[str, str] | None = None
+    ) -> None:
         """Check the queue's settings and the job's manifests; work out where each root goes.
-        AttachmentError when they cannot be used."""
+        ``job_user`` (user, group): the tasks run as that user, so the copies belong to its group and
+        their directories are group-writable (for outputs).  AttachmentError when they cannot be used."""
         from deadline.job_attachments.asset_sync import AssetSync
         from deadline.job_attachments.models import (
             Attachments,
@@ -220,6 +227,13 @@ class SessionAttachments:
         for manifest in located:
             self._storage_rules[manifest.rootPath] = dynamic[manifest.rootPath].destination_path
         self.rules = [_openjd_rule(r.source_path_format, r.source_path, r.destination_path) for r in dynamic.values()]
+        if job_user is not None:
+            from deadline.job_attachments.os_file_permission import PosixFileSystemPermissionSettings
+
+            self._permissions = PosixFileSystemPermissionSettings(
+                os_user=job_user[0], os_group=job_user[1], dir_mode=0o020, file_mode=0o020
+            )
+            self._group = job_user[1]
         _install_log_route()
         account = account_of(str(job.get("queueRoleArn") or ""))
         boto3_session = self.access.boto3_session(self.queue_id, account)
@@ -230,7 +244,7 @@ class SessionAttachments:
     async def sync_inputs(self, step_dependencies: list[str] | None, progress: Progress, stop: Stop) -> str:
         """Download the inputs (the job's, or the outputs of ``step_dependencies``); a summary line.
         AttachmentError, or AttachmentsCancelled once ``stop()`` says so."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._make_directory()
         attachments = self._attachments
         if step_dependencies:
             from deadline.job_attachments.models import Attachments
@@ -247,6 +261,7 @@ class SessionAttachments:
                 job_id=self.job_id,
                 session_dir=self.directory,
                 storage_profiles_path_mapping_rules=self._storage_rules,
+                fs_permission_settings=self._permissions,
                 step_dependencies=step_dependencies or None,
                 on_downloading_files=_on_progress(progress, stop),
             )
@@ -283,6 +298,21 @@ class SessionAttachments:
             f"Job attachments: {stats.processed_files} output file(s), {_size(stats.processed_bytes)}, uploaded in "
             f"{stats.total_time:.2f} s; {stats.skipped_files} were in S3 already"
         )
+
+    def _make_directory(self) -> None:
+        """The session's copies: the agent's alone, or shared with the job user's group (setgid, so
+        what the tasks write there stays in that group and the agent can upload it)."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.directory.mkdir(exist_ok=True, mode=0o700)
+        if self._group is not None:
+            try:
+                os.chown(self.directory, -1, grp.getgrnam(self._group).gr_gid)
+                os.chmod(self.directory, 0o2770)
+            except (OSError, KeyError) as exc:
+                raise AttachmentError(
+                    f"the session's attachments directory {self.directory} cannot be given to the group "
+                    f"{self._group!r}: {exc}"
+                ) from None
 
     def cleanup(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -344,6 +344,8 @@ class SessionRunner:
                     self.id, self.queue_id, self.entities.job_id, self.root_dir / "attachments" / self.id,
                     self.s3_access,
                 )
+                # With job users (run as the queue's jobRunAsUser), pass (user, group) as prepare's
+                # job_user, so the copies belong to that group.
                 await asyncio.to_thread(attachments.prepare, job, details)
                 self.attachments = attachments
                 for rule in attachments.rules:
