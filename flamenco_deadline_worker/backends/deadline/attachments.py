@@ -109,7 +109,10 @@ class S3Access:
             try:
                 document = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
-                raise AttachmentError(f"the queue role's credentials ({path}) cannot be read: {exc}") from None
+                raise AttachmentError(
+                    f"the queue role's credentials ({path}) cannot be read: {exc}; job attachments reach S3 "
+                    "with the queue's IAM role (AssumeQueueRoleForWorker)"
+                ) from None
             return {
                 "access_key": document["AccessKeyId"],
                 "secret_key": document["SecretAccessKey"],
