@@ -141,3 +141,24 @@ def test_inputs_arrive_with_a_summary_and_a_stop_cancels_the_transfer(s3: S3Serv
         asyncio.run(two.sync_inputs(None, lambda p, m: None, lambda: True))
     one.cleanup()
     assert not one.directory.exists()
+
+
+def test_a_root_in_a_storage_profile_location_is_used_where_the_fleets_profile_maps_it(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    submitted = submit_inputs(s3, "farm-1", "queue-1", tmp_path / "submitter" / "shot", files=2, total_bytes=2_000)
+    manifest = {**submitted.attachments["manifests"][0], "fileSystemLocationName": "Shared"}
+    shared = tmp_path / "shared-storage" / "shot"
+    rules = [{"sourcePathFormat": "posix", "sourcePath": submitted.root, "destinationPath": str(shared)}]
+    one = attachments(tmp_path)
+    one.prepare(job(pathMappingRules=rules), details(manifest))
+    assert one.rules == []  # the job's own rules map it (openjd gets those from jobDetails)
+    asyncio.run(one.sync_inputs(None, lambda p, m: None, lambda: False))
+    assert sorted(p.name for p in (shared / "inputs").iterdir()) == sorted(submitted.expected)
+    assert not one.directory.exists() or not any(one.directory.iterdir())  # nothing copied into the session
+
+    (shared / "outputs").mkdir()
+    (shared / "outputs" / "frame-1.exr").write_bytes(b"pixels")
+    summary = asyncio.run(one.sync_outputs("step-1", "task-1", "sessionaction-1-0", 1.7e9, lambda p, m: None,
+                                           lambda: False))
+    assert summary.startswith("Job attachments: 1 output file(s), 6 B, uploaded")
