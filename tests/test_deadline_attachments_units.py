@@ -123,13 +123,14 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
 
 
 def test_inputs_arrive_with_a_summary_and_a_stop_cancels_the_transfer(s3: S3Server, tmp_path: Path) -> None:
-    submitted = submit_inputs(s3, "farm-1", "queue-1", tmp_path / "submitter" / "shot", files=4, total_bytes=40_000)
+    # More files than the library's download threads, so a stop lands before the last one.
+    submitted = submit_inputs(s3, "farm-1", "queue-1", tmp_path / "submitter" / "shot", files=60, total_bytes=60_000)
     group = grp.getgrgid(os.getgid()).gr_name
     one = attachments(tmp_path)
     one.prepare(job(), {"jobId": "job-1", "attachments": submitted.attachments}, job_user=("nobody", group))
     reports: list[tuple[float, str]] = []
     summary = asyncio.run(one.sync_inputs(None, lambda p, m: reports.append((p, m)), lambda: False))
-    assert summary.startswith("Job attachments: 4 input file(s), 40.0 KB, downloaded in ")
+    assert summary.startswith("Job attachments: 60 input file(s), 60.0 KB, downloaded in ")
     (local,) = [Path(str(rule.destination_path)) for rule in one.rules]
     assert sorted(p.name for p in (local / "inputs").iterdir()) == sorted(submitted.expected)
     assert reports and reports[-1][0] == 100.0
