@@ -74,6 +74,7 @@ class SessionRunner:
         self.running: Action | None = None
         self.wound_down = False  # a failure: only envExits of entered environments may run
         self.draining = False  # an expedited drain: nothing more runs
+        self.stopping = False  # a regular drain: what runs may finish; only envExits run after it
         self.interrupted: set[str] = set()
         self._entered: dict[str, str] = {}  # environment id -> openjd identifier
         self._ojd: Session | None = None
@@ -113,6 +114,12 @@ class SessionRunner:
             records.action_cancel(self.id, action_id, "canceled by the service")
         if self.running is not None and self.running.id in fresh:
             self._cancel_running(self.cancel_grace)
+        self._wake.set()
+
+    def stop_after_running(self) -> None:
+        """Regular drain: the running action goes on; later actions other than the envExit of an
+        entered environment are NEVER_ATTEMPTED, each in its turn (after the running one's status)."""
+        self.stopping = True
         self._wake.set()
 
     async def interrupt(self, grace: float) -> None:
@@ -195,7 +202,7 @@ class SessionRunner:
         skip = action.id in self.canceled
         if action.kind == "envExit":
             skip = skip or action.body["environmentId"] not in self._entered
-        elif self.wound_down:
+        elif self.wound_down or self.stopping:
             skip = True
         if skip:
             await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
