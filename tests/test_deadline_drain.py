@@ -142,7 +142,8 @@ def test_a_spot_interruption_drains_and_interrupts_what_cannot_finish(
     actions = emu.read(lambda s: list(s.sessions[running.session_id].actions))
     assert emu.read(lambda s: s.actions[running.id].status) == "INTERRUPTED"
     later = actions[actions.index(running) + 1 :]
-    assert {a.status for a in later if a.kind == "taskRun"} == {"NEVER_ATTEMPTED"}
+    assert {a.status for a in later if a.kind == "taskRun"} == {"NEVER_ATTEMPTED"}, [
+        (a.id, a.kind, a.status, a.updates) for a in actions] + [r for r in emu.requests if r[1] != "PutLogEvents"]
     assert emu.read(the_worker).statuses[-2:] == ["STOPPING", "STOPPED"]
     assert emu.read(lambda s: list(s.violations)) == []
     final = status_json(agent)["drain"]
@@ -162,8 +163,10 @@ def test_a_rebalance_recommendation_lets_the_running_task_finish(
     running = agent.until(running_task, 120, "task 1 running")
     imds.rebalance_recommendation()
     agent.until(lambda s: the_worker(s).status == "STOPPING", 30, "the worker STOPPING after the notice")
-    drain = status_json(agent)["drain"]
+    status = status_json(agent)
+    drain = status["drain"]
     assert (drain["kind"], drain["mode"], drain["deadline"]) == ("rebalance", "regular", None)
+    assert status["state"] == "stopping"
     go.touch()
     assert agent.proc.wait(120) == 0, agent.output()[-3000:]
     check_regular_drain(emu, running)
@@ -177,6 +180,8 @@ def test_imds_is_never_asked_when_disabled(run: Start, imds: ImdsStandIn) -> Non
                 120, "2 tasks SUCCEEDED")
     assert agent.stop() == 0
     assert imds.requests == []
+    drain = status_json(agent)["drain"]  # stopped by SIGTERM: the expedited drain
+    assert (drain["kind"], drain["mode"]) == ("expedited", "expedited") and "SIGTERM" in drain["message"]
     text = agent.agent_log()
     assert "not watching for EC2 spot interruption or rebalance notices: AWS_EC2_METADATA_DISABLED=true" in text
     assert "checked whether this host is an EC2 instance: it is not" in text

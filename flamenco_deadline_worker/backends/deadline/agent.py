@@ -220,7 +220,8 @@ class DeadlineAgent:
             added = runner.add(spec["sessionActions"])
             if added:
                 records.session_add(session_id, runner.queue_id, added)
-        self._state("working" if self.sessions else "idle")
+        if not self._stopping_sent:  # a draining worker stays "stopping"
+            self._state("working" if self.sessions else "idle")
         for session_id, action_ids in (answer.get("cancelSessionActions") or {}).items():
             if session_id in self.sessions:
                 self.sessions[session_id].cancel(action_ids)

@@ -125,15 +125,17 @@ class SessionRunner:
     async def interrupt(self, grace: float) -> None:
         """Expedited drain: the running action INTERRUPTED at once, the rest NEVER_ATTEMPTED."""
         self.draining = True
+        # Taken at once: the action loop, woken by the running action's end, must not pop (and
+        # report) these while they are reported here, or some would be skipped or out of order.
+        pending, self.pending = self.pending, []
         running = self.running
         if running is not None and running.id not in self.interrupted:
             self.interrupted.add(running.id)
             records.action_cancel(self.id, running.id, "the worker is stopping")
             self._cancel_running(grace)
             await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
-        for action in self.pending:
+        for action in pending:
             await self.report(action.id, {"completedStatus": "NEVER_ATTEMPTED"})
-        self.pending.clear()
         self._wake.set()
 
     async def close(self, timeout: float = 30.0) -> None:
