@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
+from deadline_agent import DeadlineAgentProcess, Start, agent_runner  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import Options, ServiceState, simple_template  # noqa: E402
 
@@ -68,3 +68,26 @@ def test_agent_log_lines_reach_cloudwatch_and_survive_an_outage(run: Start) -> N
     assert all(sent.count(line) == local.count(line) for line in local), "a line arrived twice"
     assert emu.read(lambda s: list(s.violations)) == []  # 5 calls/s per stream and the other limits kept
     assert agent.stop() == 0
+
+
+def test_agent_log_lines_queued_in_an_outage_go_out_after_a_restart(run: Start) -> None:
+    emu, agent = run(simple_template(3, ("echo", "task {{Task.Param.N}}")), Options(update_interval_seconds=1))
+    wid = agent.until(worker_id, 60, "the worker STARTED")
+    agent.until(lambda s: SHIPPING in s.agent_log_text(wid), 60, "the agent log's first line in CloudWatch")
+    emu.faults.operations = frozenset({"PutLogEvents"})
+    emu.faults.error_rate = 1.0
+    agent.until(lambda s: succeeded(s) == 3, 120, "3 tasks SUCCEEDED during the outage")
+    assert agent.stop() == 0  # the lines logged since stay in the queue file
+    lines = agent.agent_log().splitlines()
+    first = next(i for i, x in enumerate(lines) if SHIPPING in x)
+    last = next(i for i, x in enumerate(lines) if "shutting down: stopping the work" in x)
+    queued = [line or " " for line in lines[first : last + 1]]
+    assert not set(queued) <= set(emu.read(lambda s: s.agent_log_text(wid)).splitlines())
+    emu.faults.error_rate = 0.0
+    again = DeadlineAgentProcess(emu, agent.home)
+    try:
+        again.until(lambda s: set(queued) <= set(s.agent_log_text(wid).splitlines()), 120,
+                    "the first run's queued lines in CloudWatch")
+    finally:
+        assert again.stop() == 0
+    assert emu.read(lambda s: list(s.violations)) == []

@@ -105,6 +105,11 @@ def test_a_service_stop_with_sessions_drains_then_shuts_the_host_down(run: Start
     drain = status_json(agent)["drain"]
     assert (drain["kind"], drain["mode"], drain["deadline"]) == ("service", "regular", None)
     assert "desiredWorkerStatus=STOPPED" in drain["message"]
+    plain = subprocess.run(
+        [sys.executable, "-m", "flamenco_deadline_worker", "status", "--home", str(agent.home),
+         "--config", str(agent.home / "worker.cfg")], capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "drain:        regular: the service asked the worker to stop" in plain
     assert emu.read(lambda s: s.actions[running.id].status) == "RUNNING"  # the drain lets it run
     assert not record.exists()
     go.touch()

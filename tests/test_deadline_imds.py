@@ -100,6 +100,17 @@ async def test_the_guard_verdicts(standin: ImdsStandIn, monkeypatch: pytest.Monk
     assert (blind.ok, blind.exit_code) == (False, 2) and "cannot check" in blind.message
 
 
+async def test_the_guard_when_imds_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port on 127.0.0.1 that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(profile_guard, "UNREACHABLE_BACKOFF_SECONDS", 0.01)
+    silent = await profile_guard.check(5, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}"})
+    assert (silent.ok, silent.exit_code) == (False, 1) and "did not answer 5 times" in silent.message
+
+
 async def test_the_host_shutdown_command_outcomes(tmp_path: Path) -> None:
     assert await hostshutdown.shut_down_host([sys.executable, "-c", "print('bye')"])
     assert not await hostshutdown.shut_down_host([sys.executable, "-c", "import sys; sys.exit(3)"])

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 EXIT_CONFIG = 2  # the admin must change the host or the configuration: systemd must not restart in a loop
 EXIT_TRANSIENT = 1  # IMDS did not answer: systemd may try again
 UNREACHABLE_TRIES = 5
+UNREACHABLE_BACKOFF_SECONDS = 0.5  # doubled after each failure, at most 8 s: about 15 s in all
 HOW_TO_FIX = (
     "Disassociate the instance profile from this instance (e.g. `aws ec2 disassociate-iam-instance-profile "
     "--association-id ...`, from a host-configuration step or the launch template), or set "
@@ -84,7 +85,7 @@ async def _wait_until_detached(
                     f"{unreachable} times, so whether an instance profile is attached is unknown; the agent takes "
                     "no work and exits (systemd starts it again). Check that IMDS is enabled for this instance."
                 ), EXIT_TRANSIENT)
-            await asyncio.sleep(min(8.0, 0.5 * 2**unreachable))
+            await asyncio.sleep(min(8.0, UNREACHABLE_BACKOFF_SECONDS * 2**unreachable))
             continue
         unreachable = 0
         if answer.status == 404:
