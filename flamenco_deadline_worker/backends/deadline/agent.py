@@ -2,6 +2,10 @@
 service.py): apply the newest UpdateWorkerSchedule answer, heartbeat when nothing else called
 within the service's interval, sessions started, cancelled and ended as the answers say.
 
+A regular drain (the service's stop, an EC2 spot interruption or rebalance notice: drain.py) lets
+running actions finish and reports the rest NEVER_ATTEMPTED, envExits aside, before the lifecycle's
+drain and sign-off; the agent's own log goes to CloudWatch through the queue (agentlog.py).
+
 Action statuses never wait for the heartbeat: the queue's drain delivers them in an
 UpdateWorkerSchedule of its own (see sink.py), whose answer a round applies like any other.
 """
@@ -295,8 +299,6 @@ class DeadlineAgent:
             records.session_remove(runner.id, runner.queue_id, "the worker stops")
             self.ledger.ended(runner.id)
         await asyncio.gather(*(self._close(r, timeout=10) for r in runners))
-
-    # ---- drains and shutdown -------------------------------------------------------------
 
     # ---- regular drains (service stop, spot interruption, rebalance) -----------------------
 
