@@ -77,6 +77,10 @@ def _absolute_paths(v: Any) -> str | None:
     return f"must list absolute paths, not {relative!r}" if relative else None
 
 
+def _command(v: Any) -> str | None:
+    return None if v else 'must name a program and its arguments, e.g. ["sudo", "-n", "/usr/sbin/shutdown", "now"]'
+
+
 def _host_port(v: Any) -> str | None:
     host, sep, port = v.rpartition(":")
     if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
@@ -185,6 +189,15 @@ KEYS: tuple[Key, ...] = (
     Key("deadline_delete_worker_on_stop", bool, False, "Delete the Deadline Cloud worker when the agent stops."),
     Key("deadline_run_jobs_as_agent_user", bool, False,
         "Run every Deadline Cloud session as the agent's own user, ignoring the queue's jobRunAsUser."),
+    Key("deadline_shutdown_on_stop", bool, False,
+        "Shut the host down (deadline_shutdown_command) once the service has stopped the worker."),
+    Key("deadline_shutdown_command", list, ["sudo", "-n", "/usr/sbin/shutdown", "now"],
+        "The command (no shell) deadline_shutdown_on_stop runs.", _command),
+    Key("deadline_disallow_instance_profile", bool, False,
+        "Take no work while the EC2 instance profile can be reached through IMDS (as the AWS agent's option)."),
+    Key("deadline_instance_profile_wait_seconds", float, 120.0,
+        "How long deadline_disallow_instance_profile waits for the instance profile to be disassociated.",
+        _non_negative),
     Key("deadline_python_optimize", bool, True,
         "Run the Deadline Cloud agent under python -OO (it re-executes itself): no docstrings, about 1.7 MiB less."),
     Key("worker_id", str, "", "Written by the worker at registration; keep it with worker_secret."),
@@ -238,6 +251,10 @@ class WorkerConfig:
     session_root_dir: Path
     deadline_delete_worker_on_stop: bool
     deadline_run_jobs_as_agent_user: bool
+    deadline_shutdown_on_stop: bool
+    deadline_shutdown_command: tuple[str, ...]
+    deadline_disallow_instance_profile: bool
+    deadline_instance_profile_wait_seconds: float
     deadline_python_optimize: bool
     worker_id: str
     worker_secret: str = attrs.field(repr=False)
@@ -371,6 +388,7 @@ def load(
     values["file_command_roots"] = tuple(str(Path(p).expanduser()) for p in values["file_command_roots"])
     values["pre_task_check_read"] = tuple(values["pre_task_check_read"])
     values["pre_task_check_write"] = tuple(values["pre_task_check_write"])
+    values["deadline_shutdown_command"] = tuple(values["deadline_shutdown_command"])
     values["log_level"] = values["log_level"].lower()
     for name in ("task_update_queue_db", "logs_dir", "work_dir", "session_root_dir"):
         values[name] = home / Path(values[name]).expanduser()

@@ -178,6 +178,12 @@ class StatusPublisher:
         self._write()
         self.notifier.status(self._systemd_status())
 
+    def note(self, key: str, value: Any) -> None:
+        """Show ``value`` as ``key`` in the state file (e.g. the Deadline drain state), written now."""
+        if self.data.get(key) != value:
+            self.data[key] = value
+            self._write()
+
     def queue_problem(self, problem: str | None) -> None:
         """The update queue cannot be written (e.g. a full disk), or None once it can again."""
         self.data["queue_problem"] = problem

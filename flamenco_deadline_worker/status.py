@@ -100,6 +100,8 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         # Pre-task checks failing right now (the worker fetches no task until they pass), else [].
         "failed_checks": saved.get("failed_checks", []) if running else [],
         "last_task": saved.get("last_task"),
+        # Deadline: why the worker drains (kind none, service, spot, rebalance or expedited), or None.
+        "drain": saved.get("drain"),
         "tasks_run": saved.get("tasks_run"),
         "state_updated_at": saved.get("updated_at"),
         "backlog": read_backlog(config.task_update_queue_db),
@@ -141,6 +143,9 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"task log:     {task['log_file']}")
     else:
         lines.append("current task: none")
+    drain = info.get("drain")
+    if drain and drain.get("kind") != "none":
+        lines.append(f"drain:        {drain.get('mode', 'regular')}: {drain.get('message', drain['kind'])}")
     for problem in info.get("failed_checks") or []:
         lines.append(f"NOT FETCHING: {problem}")
     if backlog["count"] is None:

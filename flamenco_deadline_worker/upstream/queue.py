@@ -462,10 +462,13 @@ class TaskUpdateQueue:
         wait = IDLE_WAIT
         ready: list[Built] = []
         room = self.max_in_flight - len(self._in_flight)
-        counted = set(self._rows_per_task)
+        counted = dict(self._rows_per_task)
         heads = await self.store.heads(limit=HEADS_PER_PASS)
         if len(heads) < HEADS_PER_PASS:
-            self._forget_vanished(counted - {t for t, _ in heads})
+            # Only counts nothing changed while the store was read: a delivery ending meanwhile (or
+            # a commit) is no vanishing, as a busy domain such as the agent log shows.
+            unchanged = {t for t, n in counted.items() if self._rows_per_task.get(t) == n}
+            self._forget_vanished(unchanged - {t for t, _ in heads})
         for task_id, _ in heads:
             if len(ready) >= room:
                 break

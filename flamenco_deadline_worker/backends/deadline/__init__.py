@@ -67,6 +67,8 @@ async def run_deadline_worker(config: WorkerConfig, stop_event: asyncio.Event) -
         try:
             drain_seconds = max(5.0, config.shutdown_flush_seconds)
             publisher.exit_code = await live(service, stop_event, service.flush, drain_seconds)
+            if service.shutdown_failed:
+                publisher.exit_code = 1  # deadline_shutdown_on_stop could not shut the host down
             if service.agent is not None and service.agent.deleted:
                 state_file.unlink(missing_ok=True)
             return publisher.exit_code

@@ -2,6 +2,10 @@
 service.py): apply the newest UpdateWorkerSchedule answer, heartbeat when nothing else called
 within the service's interval, sessions started, cancelled and ended as the answers say.
 
+A regular drain (the service's stop, an EC2 spot interruption or rebalance notice: drain.py) lets
+running actions finish and reports the rest NEVER_ATTEMPTED, envExits aside, before the lifecycle's
+drain and sign-off; the agent's own log goes to CloudWatch through the queue (agentlog.py).
+
 Action statuses never wait for the heartbeat: the queue's drain delivers them in an
 UpdateWorkerSchedule of its own (see sink.py), whose answer a round applies like any other.
 """
@@ -17,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
+from flamenco_deadline_worker.backends.deadline.agentlog import AgentLogShipper
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.attachments import S3Access
+from flamenco_deadline_worker.backends.deadline.drain import EXPEDITE_MARGIN, Drain
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
 from flamenco_deadline_worker.backends.deadline.jobuser import JobUserError, JobUsers
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
@@ -55,6 +61,7 @@ class DeadlineAgent:
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
         run_jobs_as_agent_user: bool = False,
+        agent_log: tuple[str, str] | None = None,
     ) -> None:
         self.api = api
         self.ids = ids
@@ -83,6 +90,10 @@ class DeadlineAgent:
         self._drain: asyncio.Task[None] | None = None
         self._backoff = Backoff(0.5, 30.0)
         self.service_stop = False  # the service asked this worker to stop
+        self.drain_request: Drain | None = None  # why the worker drains, once it does
+        self._stopping_sent = False  # the regular drain has begun: STOPPING sent, sessions told
+        self._idle_rounds = 0
+        self._shipper = AgentLogShipper(self.queue, *agent_log) if agent_log else None
         # Actions whose completion is queued or sent: nothing more is ever reported for them.
         self._completed: set[tuple[str, str]] = set()
 
@@ -93,6 +104,10 @@ class DeadlineAgent:
     def _state(self, state: str) -> None:
         if self.publisher is not None:
             self.publisher.state(state)
+
+    def _show_drain(self) -> None:
+        if self.publisher is not None and self.drain_request is not None:
+            self.publisher.note("drain", self.drain_request.status())
 
     # ---- updates from sessions into the durable queue -------------------------------------
 
@@ -133,8 +148,12 @@ class DeadlineAgent:
             self._completed.update((session_id, a) for a in actions)
         self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
+        if self._shipper is not None:
+            self._shipper.install()
 
     async def close(self) -> None:
+        if self._shipper is not None:
+            self._shipper.uninstall()
         self.router.uninstall()
         if self._drain is not None:
             self._drain.cancel()
@@ -152,6 +171,11 @@ class DeadlineAgent:
             await self._end_all_sessions()
             await startup.set_started(self.api, self.ids)
             return None
+        if self.drain_request is not None:
+            if not self._stopping_sent:
+                await self._begin_regular_drain()
+            if self._expedite_due():
+                return EXIT_OK  # the lifecycle's drain() now interrupts what still runs
         answer = self.schedule.take()
         if answer is None:
             try:
@@ -169,11 +193,20 @@ class DeadlineAgent:
                 return EXIT_FATAL
         self._backoff.reset()
         await self._apply(answer)
-        if answer.get("desiredWorkerStatus") == "STOPPED" and not self.sessions:
+        if answer.get("desiredWorkerStatus") == "STOPPED":
             self.service_stop = True
+            if self.drain_request is None:
+                self.request_drain(Drain("service"))
+            if not self.sessions:
+                return EXIT_OK
+        if self._stopping_sent and self._drained():
+            log.info("regular drain done: no session has work left")
             return EXIT_OK
         self.interval = float(answer.get("updateIntervalSeconds", 15))
         due = self.schedule.last_call + self.interval - time.monotonic()
+        left = self.drain_request.seconds_left() if self.drain_request is not None else None
+        if left is not None:
+            due = min(due, left - EXPEDITE_MARGIN)
         if due > 0 and not self.schedule.news.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.schedule.news.wait(), due)
@@ -201,7 +234,8 @@ class DeadlineAgent:
             added = runner.add(spec["sessionActions"])
             if added:
                 records.session_add(session_id, runner.queue_id, added)
-        self._state("working" if self.sessions else "idle")
+        if not self._stopping_sent:  # a draining worker stays "stopping"
+            self._state("working" if self.sessions else "idle")
         for session_id, action_ids in (answer.get("cancelSessionActions") or {}).items():
             if session_id in self.sessions:
                 self.sessions[session_id].cancel(action_ids)
@@ -232,6 +266,8 @@ class DeadlineAgent:
             s3_access=self.s3_access,
         )
         runner.on_finished = self.task_finished
+        if self._stopping_sent:
+            runner.stop_after_running()  # the service should give none now; if it does, nothing new runs
         self.sessions[session_id] = runner
         self.ledger.begun(session_id, queue_id)
         self.router.route(
@@ -287,15 +323,63 @@ class DeadlineAgent:
             self.ledger.ended(runner.id)
         await asyncio.gather(*(self._close(r, timeout=10) for r in runners))
 
-    # ---- drains and shutdown -------------------------------------------------------------
+    # ---- regular drains (service stop, spot interruption, rebalance) -----------------------
 
-    async def drain(self) -> None:
-        """Expedited drain (SIGTERM) or the service's stop: STOPPING, what runs INTERRUPTED, the rest
-        NEVER_ATTEMPTED; the queue's drain carries those statuses."""
+    def request_drain(self, drain: Drain) -> None:
+        """Begin a regular drain (or make the one under way end sooner); from the event loop."""
+        if not drain.urgent(self.drain_request):
+            return
+        if self.drain_request is not None and self.drain_request.mode == "expedited":
+            return
+        self.drain_request = drain
+        self._show_drain()
+        self.schedule.news.set()  # the loop acts on it now, not at the next heartbeat
+
+    async def _begin_regular_drain(self) -> None:
+        assert self.drain_request is not None
+        self._stopping_sent = True
+        log.warning("regular drain: %s; running actions may finish, queued ones are NEVER_ATTEMPTED, "
+                    "environments are exited", self.drain_request.describe())
         self._state("stopping")
         if self.publisher is not None:
-            self.publisher.stopping("the service asked the worker to stop" if self.service_stop else "drain")
-        await startup.set_status(self.api, self.ids, "STOPPING", budget=2.0)
+            self.publisher.stopping(self.drain_request.describe())
+        await startup.set_status(self.api, self.ids, "STOPPING", budget=10.0)
+        for runner in self.sessions.values():
+            runner.stop_after_running()
+
+    def _expedite_due(self) -> bool:
+        left = self.drain_request.seconds_left() if self.drain_request is not None else None
+        if left is None or left > EXPEDITE_MARGIN:
+            return False
+        log.warning("%.0f s left before the host goes away: the drain turns expedited", max(0.0, left))
+        return True
+
+    def _drained(self) -> bool:
+        """The regular drain's end: the service lists no session any more, or (should it keep one)
+        every session is idle with its statuses delivered, three answers in a row."""
+        if not self.sessions:
+            return True
+        settled = all(r.idle and not self.queue.has_undelivered(r.id) for r in self.sessions.values())
+        self._idle_rounds = self._idle_rounds + 1 if settled else 0
+        return self._idle_rounds >= 3
+
+    # ---- the end: expedited drain, sign-off ------------------------------------------------
+
+    async def drain(self) -> None:
+        """The lifecycle's drain: after a regular drain, nothing is left to stop; otherwise (a signal,
+        or a spot interruption too close) expedited: STOPPING, what runs INTERRUPTED, the rest
+        NEVER_ATTEMPTED; the queue's drain carries those statuses."""
+        busy = any(not r.idle for r in self.sessions.values())
+        if self.drain_request is None:
+            self.drain_request = Drain("expedited", mode="expedited")
+        elif busy:
+            self.drain_request.mode = "expedited"
+        self._show_drain()
+        self._state("stopping")
+        if self.publisher is not None:
+            self.publisher.stopping(self.drain_request.describe())
+        if not self._stopping_sent:
+            await startup.set_status(self.api, self.ids, "STOPPING", budget=2.0)
         await asyncio.gather(*(r.interrupt(grace=3.0) for r in self.sessions.values()))
 
     async def sign_off(self) -> None:

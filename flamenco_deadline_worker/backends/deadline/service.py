@@ -3,14 +3,16 @@ UpdateWorkerSchedule, the drain and STOPPED, through a DeadlineAgent once the wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.deadline import startup
+from flamenco_deadline_worker.backends.deadline import agentlog, hostshutdown, imds, profile_guard, startup
 from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
 from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
+from flamenco_deadline_worker.backends.deadline.drain import NO_DRAIN, NoticeWatch
 from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.presence import StatusPublisher
 
@@ -25,6 +27,9 @@ class DeadlineService:
         self.state_file = state_file
         self.progress = StartUp()
         self.agent: DeadlineAgent | None = None
+        self.shutdown_failed = False  # deadline_shutdown_on_stop's command did not work
+        self._imds: imds.ImdsClient | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def healthy(self) -> bool:
         return self.agent is None or self.agent.healthy()
@@ -47,6 +52,14 @@ class DeadlineService:
             log.error("%s", exc)
             return EXIT_FATAL
         log.info("worker %s STARTED in farm %s, fleet %s", worker_id, config.farm_id, config.fleet_id)
+        if config.deadline_disallow_instance_profile:
+            verdict = await profile_guard.check(config.deadline_instance_profile_wait_seconds)
+            if not verdict.ok:
+                log.error("%s", verdict.message)
+                await startup.set_status(self.api, self.progress.ids, "STOPPED", budget=30)
+                return verdict.exit_code
+            log.info("%s", verdict.message)
+        self.publisher.data["drain"] = NO_DRAIN
         self.publisher.signed_on(worker_id)
         self.publisher.state("started")
         self.agent = DeadlineAgent(
@@ -61,10 +74,22 @@ class DeadlineService:
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
             run_jobs_as_agent_user=config.deadline_run_jobs_as_agent_user,
+            agent_log=agentlog.destination(self.progress.started_answer),
         )
         self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
         await self.agent.open()
+        self._watch_host(self.agent)
         return None
+
+    def _watch_host(self, agent: DeadlineAgent) -> None:
+        """Spot interruption and rebalance notices from IMDS start a regular drain (drain.py)."""
+        where = imds.locate()
+        if where.endpoint is None:
+            log.info("not watching for EC2 spot interruption or rebalance notices: %s", where.why)
+            return
+        log.info("watching IMDS at %s for EC2 spot interruption and rebalance notices (%s)", where.endpoint, where.why)
+        self._imds = imds.ImdsClient(where.endpoint)
+        self._watch = asyncio.create_task(NoticeWatch(self._imds, agent.request_drain).run(), name="IMDS notices")
 
     async def abandon_start(self) -> None:
         # SIGTERM while CreateWorker or STARTED is still being retried (an outage, a fleet being
@@ -87,8 +112,15 @@ class DeadlineService:
     async def sign_off(self) -> None:
         if self.agent is not None:
             await self.agent.sign_off()
+            if self.agent.service_stop and self.config.deadline_shutdown_on_stop:
+                self.shutdown_failed = not await hostshutdown.shut_down_host(self.config.deadline_shutdown_command)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self._imds is not None:
+            await self._imds.close()
         if self.agent is not None:
             await self.agent.close()
 
@@ -101,6 +133,7 @@ class StartUp:
         self.step = "not begun"
         self.ids: dict[str, str] = {}
         self.started_sent = False
+        self.started_answer: dict[str, Any] | None = None  # UpdateWorker STARTED's (names the agent log stream)
 
     async def run(
         self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: StatusPublisher, service: str
@@ -121,5 +154,5 @@ class StartUp:
         publisher.waiting(self.step)
         await startup.assume_fleet_role(api, self.ids)
         self.started_sent = True
-        await startup.set_started(api, self.ids)
+        self.started_answer = await startup.set_started(api, self.ids)
         return worker_id

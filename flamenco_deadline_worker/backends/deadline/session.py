@@ -88,6 +88,7 @@ class SessionRunner:
         self.running: Action | None = None
         self.wound_down = False  # a failure: only envExits of entered environments may run
         self.draining = False  # an expedited drain: nothing more runs
+        self.stopping = False  # a regular drain: what runs may finish; only envExits run after it
         self.interrupted: set[str] = set()
         self._entered: dict[str, str] = {}  # environment id -> openjd identifier
         self._ojd: Session | None = None
@@ -129,18 +130,26 @@ class SessionRunner:
             self._cancel_running(self.cancel_grace)
         self._wake.set()
 
+    def stop_after_running(self) -> None:
+        """Regular drain: the running action goes on; later actions other than the envExit of an
+        entered environment are NEVER_ATTEMPTED, each in its turn (after the running one's status)."""
+        self.stopping = True
+        self._wake.set()
+
     async def interrupt(self, grace: float) -> None:
         """Expedited drain: the running action INTERRUPTED at once, the rest NEVER_ATTEMPTED."""
         self.draining = True
+        # Taken at once: the action loop, woken by the running action's end, must not pop (and
+        # report) these while they are reported here, or some would be skipped or out of order.
+        pending, self.pending = self.pending, []
         running = self.running
         if running is not None and running.id not in self.interrupted:
             self.interrupted.add(running.id)
             records.action_cancel(self.id, running.id, "the worker is stopping")
             self._cancel_running(grace)
             await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
-        for action in self.pending:
+        for action in pending:
             await self.report(action.id, {"completedStatus": "NEVER_ATTEMPTED"})
-        self.pending.clear()
         self._wake.set()
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -211,7 +220,7 @@ class SessionRunner:
         skip = action.id in self.canceled
         if action.kind == "envExit":
             skip = skip or action.body["environmentId"] not in self._entered
-        elif self.wound_down:
+        elif self.wound_down or self.stopping:
             skip = True
         if skip:
             await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})

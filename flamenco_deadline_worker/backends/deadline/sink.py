@@ -4,7 +4,8 @@ Queue domains: a session id carries its action statuses, in order (Update.action
 action); ``log:<session>:<queue>:<group>:<stream>`` carries a session's log, with everything
 needed to deliver it after a restart.  Every ready session's statuses go in one
 UpdateWorkerSchedule; each log piece is one PutLogEvents call (the queue keeps pieces within its
-limits) and is also appended to ``<logs>/<queue-id>/<session-id>.log``.
+limits) and is also appended to ``<logs>/<queue-id>/<session-id>.log``.  ``agentlog:<group>:<stream>``
+carries the agent's own log (see agentlog.py) to the stream UpdateWorker named, CloudWatch only.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ EVENT_OVERHEAD = 26
 MAX_EVENT_BYTES = 256 * 1024 - EVENT_OVERHEAD
 STREAM_CALL_INTERVAL = 0.21  # 5 PutLogEvents per second per stream, with a little margin
 LOG_PREFIX = "log:"
+AGENT_LOG_PREFIX = "agentlog:"
 SCHEDULE_KEY = "schedule"
 
 
 def log_key(session_id: str, queue_id: str, group: str, stream: str) -> str:
     """The queue domain of a session's log (CloudWatch names hold no ':')."""
     return f"{LOG_PREFIX}{session_id}:{queue_id}:{group}:{stream}"
+
+
+def agent_log_key(group: str, stream: str) -> str:
+    """The queue domain of the agent's own log (UpdateWorker's ``log`` options)."""
+    return f"{AGENT_LOG_PREFIX}{group}:{stream}"
 
 
 def parse_log_key(key: str) -> tuple[str, str, str, str]:
@@ -54,11 +61,13 @@ class DeadlineSink:
         self._written: dict[str, str] = {}  # log domain -> digest of a piece written locally, not yet sent
 
     def batch_key(self, task_id: str) -> str:
-        return task_id if task_id.startswith(LOG_PREFIX) else SCHEDULE_KEY
+        return task_id if task_id.startswith((LOG_PREFIX, AGENT_LOG_PREFIX)) else SCHEDULE_KEY
 
     async def deliver(self, heads: Sequence[Head]) -> list[DeliveryResult]:
         if heads and heads[0].task_id.startswith(LOG_PREFIX):
             return [await self._deliver_log(head) for head in heads]
+        if heads and heads[0].task_id.startswith(AGENT_LOG_PREFIX):
+            return [await self._deliver_agent_log(head) for head in heads]
         return await self._deliver_statuses(heads)
 
     # ---- action statuses -----------------------------------------------------------------
@@ -100,6 +109,15 @@ class DeadlineSink:
             self._written.pop(head.task_id, None)
         return DeliveryResult.ok(len(head.updates))
 
+    async def _deliver_agent_log(self, head: Head) -> DeliveryResult:
+        """The agent's own log: already in its local file (worker-agent.log), so CloudWatch only."""
+        group, stream = head.task_id[len(AGENT_LOG_PREFIX):].split(":", 1)
+        for index, update in enumerate(head.updates):
+            result = await self._put_events(head.task_id, group, stream, update.log)
+            if result is not None:
+                return DeliveryResult(result.outcome, result.reason, result.retry_after, delivered=index)
+        return DeliveryResult.ok(len(head.updates))
+
     async def _put_events(self, key: str, group: str, stream: str, text: str) -> DeliveryResult | None:
         for events in batches(text):
             wait = self._last_call.get(key, 0.0) + STREAM_CALL_INTERVAL - time.monotonic()
@@ -115,7 +133,7 @@ class DeadlineSink:
                     return DeliveryResult(Delivery.RETRY, str(exc), retry_after=1.0)
                 if exc.code == "ResourceNotFoundException":
                     return DeliveryResult(Delivery.REJECTED, f"CloudWatch Logs has no {group}/{stream}: {exc}")
-                refused = f"CloudWatch Logs refused the session log: {exc}"
+                refused = f"CloudWatch Logs refused the log events for {group}/{stream}: {exc}"
                 return DeliveryResult(Delivery.RETRY, refused, retry_after=5.0)
         return None
 

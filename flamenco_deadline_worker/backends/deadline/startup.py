@@ -91,12 +91,12 @@ async def assume_fleet_role(api: DeadlineApi, ids: dict[str, Any]) -> None:
     api.use_fleet_credentials(answer["credentials"])
 
 
-async def set_started(api: DeadlineApi, ids: dict[str, Any]) -> None:
+async def set_started(api: DeadlineApi, ids: dict[str, Any]) -> dict[str, Any]:
+    """UpdateWorker STARTED; its answer (the agent log's CloudWatch stream is in ``log``)."""
     delay = 0.5
     while True:
         try:
-            await api.call_retrying("update_worker", **ids, status="STARTED", hostProperties=host_properties())
-            return
+            return await api.call_retrying("update_worker", **ids, status="STARTED", hostProperties=host_properties())
         except ApiError as exc:
             if (
                 exc.code == "ConflictException"

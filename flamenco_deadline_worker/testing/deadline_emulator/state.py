@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import threading
+import time
 from typing import Any
 
 import attrs
@@ -120,6 +121,9 @@ class Options:
     fleet_storage_profile: StorageProfile | None = None
     fleet_create_in_progress_calls: int = 0  # CreateWorker answers CREATE_IN_PROGRESS this many times
     stop_when_done: bool = False  # desiredWorkerStatus=STOPPED once the job has no work left
+    # After request_stop(): desiredWorkerStatus=STOPPED at once, sessions still assigned (the real
+    # service waits until none is; this exercises the worker's regular drain on a service stop).
+    stop_with_sessions: bool = False
     log_stream_calls_per_second: float = 5.0
     # CloudWatch no longer rejects calls over the old 5/s per-stream quota, but this worker promises
     # to keep to it: a faster client is recorded as a violation (set False for other agents).
@@ -156,6 +160,10 @@ class ServiceState:
     def log_text(self, group: str, stream: str) -> str:
         with self.lock:
             return "\n".join(e["message"] for e in self.log_streams.get((group, stream), []))
+
+    def agent_log_text(self, worker_id: str) -> str:
+        """What the worker agent sent to its own stream (UpdateWorker's ``log`` options)."""
+        return self.log_text(f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}", worker_id)
 
     def cancel(self, action_id: str) -> None:
         """Cancel an action as the service does: it and every later action but the envExits."""
@@ -323,6 +331,8 @@ class ServiceState:
             "updateIntervalSeconds": self.options.update_interval_seconds,
         }
         if not assigned and (worker.stop_requested or (self.options.stop_when_done and not self._has_work())):
+            answer["desiredWorkerStatus"] = "STOPPED"
+        elif worker.stop_requested and self.options.stop_with_sessions:
             answer["desiredWorkerStatus"] = "STOPPED"
         return answer
 
@@ -546,7 +556,15 @@ class ServiceState:
         size = sum(len(e["message"].encode()) + 26 for e in events)
         if size > 1_048_576:
             raise ServiceError("InvalidParameterException", f"batch of {size} bytes is over 1,048,576")
+        if len(events) > 10_000:
+            raise ServiceError("InvalidParameterException", f"batch of {len(events)} events is over 10,000")
+        biggest = max(len(e["message"].encode()) + 26 for e in events)
+        if biggest > 256 * 1024:
+            raise ServiceError("InvalidParameterException", f"an event of {biggest} bytes is over 262,144")
         stamps = [e["timestamp"] for e in events]
+        now_ms = time.time() * 1000
+        if min(stamps) < now_ms - 14 * 24 * 3600 * 1000 or max(stamps) > now_ms + 2 * 3600 * 1000:
+            raise ServiceError("InvalidParameterException", "log events older than 14 days or over 2 h ahead")
         if stamps != sorted(stamps):
             raise ServiceError("InvalidParameterException", "log events must be in chronological order")
         if max(stamps) - min(stamps) > 24 * 3600 * 1000:
