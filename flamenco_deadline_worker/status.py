@@ -100,6 +100,8 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         # Pre-task checks failing right now (the worker fetches no task until they pass), else [].
         "failed_checks": saved.get("failed_checks", []) if running else [],
         "last_task": saved.get("last_task"),
+        # Deadline Cloud: the capabilities the worker sent in UpdateWorker (detected and configured).
+        "capabilities": saved.get("capabilities"),
         "tasks_run": saved.get("tasks_run"),
         "state_updated_at": saved.get("updated_at"),
         "backlog": read_backlog(config.task_update_queue_db),
@@ -154,6 +156,11 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"              ({backlog['note']})")
     if info.get("queue_problem"):
         lines.append(f"QUEUE PROBLEM: {info['queue_problem']}")
+    capabilities = info.get("capabilities")
+    if capabilities:
+        shown = [f"{n}={v:g}" for n, v in capabilities.get("amounts", {}).items()]
+        shown += [f"{n}={'|'.join(v)}" for n, v in capabilities.get("attributes", {}).items()]
+        lines.append(f"capabilities: {', '.join(shown)}")
     lines += [
         f"queue file:   {info['queue_db']}",
         f"agent log:    {info['logs']['agent']}",

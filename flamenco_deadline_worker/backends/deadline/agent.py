@@ -52,12 +52,14 @@ class DeadlineAgent:
         ledger_file: Path | None = None,
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
+        retain_session_dirs: bool = False,
     ) -> None:
         self.api = api
         self.ids = ids
         self.logs_dir = logs_dir
         self.session_root = session_root
         self.delete_on_stop = delete_on_stop
+        self.retain_session_dirs = retain_session_dirs
         self.schedule = Schedule(api, ids)
         self.sink = DeadlineSink(api, self.schedule, logs_dir)
         self.queue = TaskUpdateQueue(
@@ -218,6 +220,7 @@ class DeadlineAgent:
             env_vars=self.queue_creds.env,
             resumed=resumed,
             completed=lambda action_id: (session_id, action_id) in self._completed,
+            retain_dir=self.retain_session_dirs,
         )
         runner.on_finished = self.task_finished
         self.sessions[session_id] = runner

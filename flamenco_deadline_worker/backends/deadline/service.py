@@ -3,12 +3,13 @@ UpdateWorkerSchedule, the drain and STOPPED, through a DeadlineAgent once the wo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.deadline import startup
+from flamenco_deadline_worker.backends.deadline import capabilities, startup
 from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
 from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
 from flamenco_deadline_worker.config import WorkerConfig
@@ -60,6 +61,7 @@ class DeadlineService:
             ledger_file=config.home / "deadline-sessions.json",
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
+            retain_session_dirs=config.deadline_retain_session_dir,
         )
         self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
         await self.agent.open()
@@ -100,11 +102,14 @@ class StartUp:
         self.step = "not begun"
         self.ids: dict[str, str] = {}
         self.started_sent = False
+        self.capabilities: capabilities.Capabilities | None = None
 
     async def run(
         self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: StatusPublisher, service: str
     ) -> str:
-
+        self.step = "detecting the host's capabilities"
+        self.capabilities = await host_capabilities(config)
+        publisher.data["capabilities"] = self.capabilities.for_status()
         worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
         if worker_id is None:
             self.step = "CreateWorker"
@@ -120,5 +125,14 @@ class StartUp:
         publisher.waiting(self.step)
         await startup.assume_fleet_role(api, self.ids)
         self.started_sent = True
-        await startup.set_started(api, self.ids)
+        await startup.set_started(api, self.ids, self.capabilities.for_update_worker())
         return worker_id
+
+
+async def host_capabilities(config: WorkerConfig) -> capabilities.Capabilities:
+    """What this host has (detected in a thread: nvidia-smi may take seconds), with the
+    ``[capabilities]`` table of the configuration added over it."""
+    detected = await asyncio.to_thread(capabilities.detect, config.session_root_dir)
+    merged = detected.merged(config.capability_amounts, config.capability_attributes)
+    log.info("capabilities for the service: %s", capabilities.describe(merged))
+    return merged

@@ -91,11 +91,16 @@ async def assume_fleet_role(api: DeadlineApi, ids: dict[str, Any]) -> None:
     api.use_fleet_credentials(answer["credentials"])
 
 
-async def set_started(api: DeadlineApi, ids: dict[str, Any]) -> None:
+async def set_started(api: DeadlineApi, ids: dict[str, Any], capabilities: dict[str, Any] | None = None) -> None:
+    """UpdateWorker STARTED, with the host's ``capabilities`` (WorkerCapabilities) when given; the
+    service keeps the last ones sent, so a later STARTED without them leaves them as they are."""
+    extra: dict[str, Any] = {"capabilities": capabilities} if capabilities else {}
     delay = 0.5
     while True:
         try:
-            await api.call_retrying("update_worker", **ids, status="STARTED", hostProperties=host_properties())
+            await api.call_retrying(
+                "update_worker", **ids, status="STARTED", hostProperties=host_properties(), **extra
+            )
             return
         except ApiError as exc:
             if (
