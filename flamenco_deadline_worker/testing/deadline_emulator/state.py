@@ -164,6 +164,15 @@ class ServiceState:
                     later.canceled = True
             session.wound_down = True
 
+    def stop_responding(self, worker_id: str) -> None:
+        """As the service does when a worker has not called for too long: NOT_RESPONDING, its
+        sessions ended and their tasks given out again."""
+        with self.lock:
+            worker = self.workers[worker_id]
+            self._release_work(worker)
+            worker.status = "NOT_RESPONDING"
+            worker.statuses.append(worker.status)
+
     def request_stop(self, worker_id: str) -> None:
         with self.lock:
             self.workers[worker_id].stop_requested = True
@@ -244,6 +253,9 @@ class ServiceState:
                 raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
             # STARTED again while holding sessions is an agent restarting after a crash: allowed
             # (the protocol's start-up workflow); what it then reports for them is checked as usual.
+        elif status == "STOPPING" and worker.status not in ("STARTED", "STOPPING"):
+            # The protocol's regular drain: a 409 here means the worker is not online in the service.
+            raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
         elif status == "STOPPED":
             self._release_work(worker)
         if status:
