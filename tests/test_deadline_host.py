@@ -159,6 +159,10 @@ def test_nvidia_smi_that_hangs_or_prints_garbage_is_a_warning(tmp_path: Path, mo
     found = capabilities.detect(tmp_path)
     assert found.amounts["amount.worker.vcpu"] == os.cpu_count()
     assert set(found.attributes) == {"attr.worker.os.family", "attr.worker.cpu.arch"}
+    # Too few to send (the service takes 2 to 17 of each): nothing is sent rather than a refused UpdateWorker.
+    assert found.for_update_worker_if_complete() == found.for_update_worker()
+    assert capabilities.Capabilities({"amount.worker.vcpu": 2.0}, {}).for_update_worker_if_complete() is None
+    assert "none are sent" in caplog.text
 
 
 # ---- DEADLINE_* ----------------------------------------------------------------------------------

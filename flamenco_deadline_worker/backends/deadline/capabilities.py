@@ -27,6 +27,7 @@ import attrs
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+MIN_EACH = 2  # UpdateWorker takes 2 to 17 amounts and 2 to 17 attributes
 NVIDIA_SMI_TIMEOUT = 10.0  # seconds; a hung driver must not hold the start-up for long
 GPU_QUERY = ("--query-gpu=memory.total", "--format=csv,noheader,nounits")
 
@@ -52,6 +53,16 @@ class Capabilities:
             "amounts": [{"name": n, "value": float(v)} for n, v in sorted(self.amounts.items())],
             "attributes": [{"name": n, "values": list(v)} for n, v in sorted(self.attributes.items())],
         }
+
+    def for_update_worker_if_complete(self) -> dict[str, Any] | None:
+        """As ``for_update_worker``, or None (with a warning) when there are fewer than the service's
+        minimum of two amounts and two attributes: UpdateWorker would be refused."""
+        if len(self.amounts) >= MIN_EACH and len(self.attributes) >= MIN_EACH:
+            return self.for_update_worker()
+        log.warning("capabilities: only %d amount(s) and %d attribute(s) known, the service needs %d of each; "
+                    "none are sent (add them in [capabilities.amounts] and [capabilities.attributes])",
+                    len(self.amounts), len(self.attributes), MIN_EACH)
+        return None
 
     def for_status(self) -> dict[str, Any]:
         """As `flamenco-worker status --json` shows them: name -> value (or values)."""

@@ -125,14 +125,18 @@ class StartUp:
         publisher.waiting(self.step)
         await startup.assume_fleet_role(api, self.ids)
         self.started_sent = True
-        await startup.set_started(api, self.ids, self.capabilities.for_update_worker())
+        await startup.set_started(api, self.ids, self.capabilities.for_update_worker_if_complete())
         return worker_id
 
 
 async def host_capabilities(config: WorkerConfig) -> capabilities.Capabilities:
     """What this host has (detected in a thread: nvidia-smi may take seconds), with the
     ``[capabilities]`` table of the configuration added over it."""
-    detected = await asyncio.to_thread(capabilities.detect, config.session_root_dir)
+    try:
+        detected = await asyncio.to_thread(capabilities.detect, config.session_root_dir)
+    except Exception:  # a bug or an odd host must not stop the worker: the configured ones still go
+        log.exception("detecting the host's capabilities failed; only the [capabilities] table is used")
+        detected = capabilities.Capabilities({}, {})
     merged = detected.merged(config.capability_amounts, config.capability_attributes)
     log.info("capabilities for the service: %s", capabilities.describe(merged))
     return merged
