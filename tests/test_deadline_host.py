@@ -108,6 +108,10 @@ def test_capabilities_detected_configured_sent_shown_and_matched(run: Start, tmp
     assert shown["amounts"] == amounts
     assert shown["attributes"] == attributes
     assert "capabilities for the service: " in agent.agent_log()
+    text = subprocess.run(
+        [sys.executable, "-m", "flamenco_deadline_worker", "status", "--home", str(agent.home),
+         "--config", str(agent.home / "worker.cfg")], capture_output=True, text=True, timeout=120).stdout
+    assert "acme:amount.licenses=3" in text and "attr.site=paris|night_shift" in text, text
 
 
 def test_a_job_the_host_does_not_meet_stays_unassigned(run: Start, tmp_path: Path) -> None:
