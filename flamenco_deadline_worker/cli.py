@@ -48,6 +48,9 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("flamenco", "deadline"), help="service to work for")
     p.add_argument("--farm-id", help="Deadline Cloud farm id")
     p.add_argument("--fleet-id", help="Deadline Cloud fleet id")
+    p.add_argument("--run-jobs-as-agent-user", action="store_true", default=None,
+                   help="Deadline Cloud: run every session as this agent's user, whatever the queue's "
+                   "jobRunAsUser says (deadline_run_jobs_as_agent_user)")
     p.add_argument("--single", action="store_true", help="run one task, then exit")
     p.add_argument("--reregister", action="store_true", help="register again, replacing saved credentials")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -63,6 +66,7 @@ def load_config(args: argparse.Namespace) -> WorkerConfig:
         "backend": args.backend,
         "farm_id": args.farm_id,
         "fleet_id": args.fleet_id,
+        "deadline_run_jobs_as_agent_user": args.run_jobs_as_agent_user,
         "log_level": "debug" if args.verbose else None,
     }
     return cfg.load(config_files=args.config, home=args.home, overrides=overrides)

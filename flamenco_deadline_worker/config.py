@@ -36,7 +36,7 @@ SHORT_NAME_ENV = "FLAMENCO_WORKER_NAME"
 
 EXIT_CONFIG_ERROR = 2
 # Keys whose command-line flag is not simply --key-name, so error messages name the real flag.
-FLAGS = {"manager_url": "--manager"}
+FLAGS = {"manager_url": "--manager", "deadline_run_jobs_as_agent_user": "--run-jobs-as-agent-user"}
 
 
 class ConfigError(Exception):
@@ -186,6 +186,8 @@ KEYS: tuple[Key, ...] = (
     Key("deadline_delete_worker_on_stop", bool, False, "Delete the Deadline Cloud worker when the agent stops."),
     Key("deadline_retain_session_dir", bool, False,
         "Keep a Deadline Cloud session's working directory after the session ends (for debugging)."),
+    Key("deadline_run_jobs_as_agent_user", bool, False,
+        "Run every Deadline Cloud session as the agent's own user, ignoring the queue's jobRunAsUser."),
     Key("deadline_python_optimize", bool, True,
         "Run the Deadline Cloud agent under python -OO (it re-executes itself): no docstrings, about 1.7 MiB less."),
     Key("worker_id", str, "", "Written by the worker at registration; keep it with worker_secret."),
@@ -239,6 +241,7 @@ class WorkerConfig:
     session_root_dir: Path
     deadline_delete_worker_on_stop: bool
     deadline_retain_session_dir: bool
+    deadline_run_jobs_as_agent_user: bool
     deadline_python_optimize: bool
     worker_id: str
     worker_secret: str = attrs.field(repr=False)

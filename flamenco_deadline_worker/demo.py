@@ -91,24 +91,29 @@ def worker_command(manager_url: str, home: Path, config: Path) -> list[str]:
             "--config", str(config)]
 
 
-def numbered_lines(log: str) -> list[int]:
-    return [int(line[len(CHATTY_PREFIX):]) for line in log.splitlines() if line.startswith(CHATTY_PREFIX)]
+def numbered_lines(log: str, prefix: str = CHATTY_PREFIX) -> list[int]:
+    """The numbers of the ``<prefix><n>`` lines of a task log, in arrival order."""
+    return [int(line[len(prefix):]) for line in log.splitlines() if line.startswith(prefix)]
 
 
-def line_check(log: str, expected: int) -> tuple[int, int, bool, int]:
-    """(distinct lines received, missing, first arrivals in order, repeats).
-
-    Delivery is at-least-once: a batch in flight when the connection broke may arrive twice.
-    """
-    numbers = numbered_lines(log)
+def first_arrivals(numbers: list[int]) -> list[int]:
+    """Each number at its first arrival.  Delivery is at-least-once: a batch in flight when the
+    connection broke may arrive twice, so a repeat is no fault, a gap or a reordering is."""
     firsts: list[int] = []
     seen: set[int] = set()
     for n in numbers:
         if n not in seen:
             seen.add(n)
             firsts.append(n)
-    missing = len(set(range(1, expected + 1)) - seen)
-    return len(seen), missing, firsts == sorted(firsts), len(numbers) - len(firsts)
+    return firsts
+
+
+def line_check(log: str, expected: int) -> tuple[int, int, bool, int]:
+    """(distinct lines received, missing, first arrivals in order, repeats)."""
+    numbers = numbered_lines(log)
+    firsts = first_arrivals(numbers)
+    missing = len(set(range(1, expected + 1)) - set(firsts))
+    return len(firsts), missing, firsts == sorted(firsts), len(numbers) - len(firsts)
 
 
 def backlog_text(db: Path) -> str:

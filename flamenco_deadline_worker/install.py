@@ -38,6 +38,8 @@ STATE_DIR = Path("/var/lib/flamenco-worker")
 LOGS_DIR = Path("/var/log/flamenco-worker")
 # Task working directories: outside the 0700 state directory, so a job user can reach its own.
 WORK_DIR = Path("/var/lib/flamenco-worker-tasks")
+# Deadline session directories, for the same reason: the queues' job users pass through (0711).
+SESSIONS_DIR = Path("/var/lib/flamenco-worker-sessions")
 UNIT_DIR = Path("/etc/systemd/system")
 SUDOERS_FILE = Path("/etc/sudoers.d/flamenco-worker")
 CONFIG_NAME = "flamenco-worker.cfg"
@@ -407,11 +409,16 @@ def install_plan(args: argparse.Namespace, settings: dict[str, Any] | None = Non
         config["worker_name"] = args.worker_name
     config["logs_dir"] = str(LOGS_DIR)
     config["work_dir"] = str(WORK_DIR)
+    deadline = args.backend == "deadline"
+    if deadline:
+        config["session_root_dir"] = str(SESSIONS_DIR)
     config.update(settings or {})
+    # Deadline sessions run as their queue's job user through sudo, unless every job runs as the agent.
+    queue_users = deadline and not config.get("deadline_run_jobs_as_agent_user", False)
 
     unit = unit_text(
         exec_start=args.exec or default_exec(), user=user, group=user, job_group=job_group,
-        allow_sudo=bool(args.job_user),
+        allow_sudo=bool(args.job_user) or queue_users,
     )
     unit_path = UNIT_DIR / UNIT_NAME
     steps: list[Step] = [
@@ -428,6 +435,8 @@ def install_plan(args: argparse.Namespace, settings: dict[str, Any] | None = Non
         Directory(LOGS_DIR, 0o750, user, user),
         Directory(WORK_DIR, 0o750, user, job_group),
     ]
+    if deadline and Path(config["session_root_dir"]).is_absolute():
+        steps.append(Directory(Path(config["session_root_dir"]), 0o711, user, user))
     if args.job_user:
         rule = f"{user} ALL=({args.job_user}) NOPASSWD: ALL\n"
         steps.append(File(SUDOERS_FILE, f"# flamenco-worker runs task processes as {args.job_user}\n{rule}",

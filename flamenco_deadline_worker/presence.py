@@ -23,8 +23,8 @@ from flamenco_deadline_worker.atomicfile import write_atomic
 from flamenco_deadline_worker.sdnotify import Notifier
 
 if TYPE_CHECKING:
-    from flamenco_deadline_worker.backends.base import Task
     from flamenco_deadline_worker.config import WorkerConfig
+    from flamenco_deadline_worker.core.model import Task
 
 log = logging.getLogger(__name__)
 

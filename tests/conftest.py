@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from flamenco_deadline_worker.demo import first_arrivals, numbered_lines
 from flamenco_deadline_worker.testing.manager import LocalManager
 from flamenco_deadline_worker.testing.records import WorkerRecord
 
@@ -158,27 +162,39 @@ def echo_task(name: str, message: str | None = None) -> dict[str, Any]:
     return {"name": name, "task_type": "misc", "commands": [command]}
 
 
-def numbered_lines(log: str, prefix: str = "line ") -> list[int]:
-    """The numbers of the ``<prefix><n>`` lines of a task log, in arrival order."""
-    return [int(line[len(prefix):]) for line in log.splitlines() if line.startswith(prefix)]
-
-
 def assert_all_lines_in_order(log: str, count: int, prefix: str = "line ") -> None:
-    """Every line 1..count arrived, first arrivals in order.
-
-    Delivery is at-least-once: a batch in flight when a connection broke may arrive twice, so a repeat
-    is allowed, a gap or a reordering is not.
-    """
-    numbers = numbered_lines(log, prefix)
-    firsts: list[int] = []
-    seen: set[int] = set()
-    for n in numbers:
-        if n not in seen:
-            seen.add(n)
-            firsts.append(n)
-    missing = sorted(set(range(1, count + 1)) - seen)
+    """Every line 1..count arrived, first arrivals in order (a repeat is allowed: see first_arrivals)."""
+    firsts = first_arrivals(numbered_lines(log, prefix))
+    missing = sorted(set(range(1, count + 1)) - set(firsts))
     assert not missing, f"{len(missing)} line(s) never arrived, the first ones: {missing[:10]}"
     assert firsts == list(range(1, count + 1)), "lines arrived out of order"
+
+
+@pytest.fixture
+def job_user() -> Iterator[str]:
+    """A system user made for the test (the worker switches to it), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it creates a user (useradd) and the worker switches to it")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("needs useradd/userdel (Debian package passwd)")
+    name = f"fdwtest{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def open_home() -> Iterator[Path]:
+    """A directory the job user can traverse (pytest's tmp_path lives under a 0700 directory)."""
+    root = Path(tempfile.mkdtemp(prefix="fdw-jobuser-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- worker processes ----------------------------------------------------------------------------

@@ -23,8 +23,16 @@ class DeadlineAgentProcess:
     """One agent process with its own home; ``config`` is the body of its [flamenco-worker] table."""
 
     def __init__(
-        self, emu: DeadlineEmulator, home: Path, config: str = "", env: Mapping[str, str] | None = None
+        self,
+        emu: DeadlineEmulator,
+        home: Path,
+        config: str = "",
+        env: Mapping[str, str] | None = None,
+        *,
+        python: str = sys.executable,
+        popen: Mapping[str, Any] | None = None,
     ) -> None:
+        """``python`` and ``popen`` (e.g. ``user=``, ``extra_groups=``) run the agent as another user."""
         self.emu = emu
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
@@ -35,9 +43,9 @@ class DeadlineAgentProcess:
         options = emu.state.options
         self.out = (home / "agent.out").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flamenco_deadline_worker", "--backend", "deadline", "--home", str(home),
+            [python, "-m", "flamenco_deadline_worker", "--backend", "deadline", "--home", str(home),
              "--config", str(home / "worker.cfg"), "--farm-id", options.farm_id, "--fleet-id", options.fleet_id],
-            env=environ, stdout=self.out, stderr=subprocess.STDOUT, cwd=home,
+            env=environ, stdout=self.out, stderr=subprocess.STDOUT, cwd=home, **(popen or {}),
         )
 
     def until(self, predicate: Callable[[Any], Any], timeout: float, what: str) -> Any:

@@ -5,11 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import secrets
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -247,32 +242,6 @@ async def test_by_default_only_the_work_directory_is_allowed(tmp_path: Path) -> 
 
 
 # ---- with job_user, as root: the job user's rights ----------------------------------------------
-
-
-@pytest.fixture
-def job_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: it creates a user (useradd) and the worker switches to it")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("needs useradd/userdel (Debian package passwd)")
-    name = f"fdwfiles{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def open_home() -> Iterator[Path]:
-    """A directory the job user can traverse (pytest's tmp_path lives under a 0700 directory)."""
-    root = Path(tempfile.mkdtemp(prefix="fdw-files-"))
-    root.chmod(0o755)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_file_commands_run_with_the_job_users_rights_inside_the_roots(job_user: str, open_home: Path) -> None:

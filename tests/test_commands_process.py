@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import pwd
-import secrets
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers_commands import (
     cmd,
     command_json,
@@ -120,34 +113,6 @@ async def test_no_shell_anywhere(tmp_path: Path) -> None:
 
 
 # ---- job_user, through the real worker process ----------------------------------------------------
-
-
-@pytest.fixture
-def job_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("job_user test needs root: it creates a user and the worker switches to it with setuid")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("job_user test needs useradd/userdel (Debian package passwd)")
-    name = f"fdwtest{secrets.token_hex(3)}"
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True, capture_output=True,
-    )
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def open_home() -> Iterator[Path]:
-    """A worker home the job user can traverse (pytest's tmp_path lives under a 0700 directory)."""
-    home = Path(tempfile.mkdtemp(prefix="fdw-jobuser-"))
-    home.chmod(0o755)
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def test_job_user_runs_task_processes_as_that_user(job_user: str, open_home: Path) -> None:

@@ -43,7 +43,7 @@ async def test_happy_path(manager: RecordingManager, workers: WorkerStarter) -> 
 
     hello, count, nap = manager.job_tasks(job_id)
     assert "Hello, farm\n" in hello.log
-    assert numbered_lines(count.log) == list(range(1, 1001))
+    assert numbered_lines(count.log, "line ") == list(range(1, 1001))
     assert "sleeping 0.2 s" in nap.log and "rested" in nap.log
     for task in (hello, count, nap):
         assert task.status == "completed"
@@ -57,7 +57,7 @@ async def test_happy_path(manager: RecordingManager, workers: WorkerStarter) -> 
 
     # The task log file on the worker holds the same lines.
     task_log = worker.home / "flamenco-worker-logs" / job_id / f"{count.id}.log"
-    assert numbered_lines(task_log.read_text()) == list(range(1, 1001))
+    assert numbered_lines(task_log.read_text(), "line ") == list(range(1, 1001))
 
     assert await worker.stop() == 0
     assert manager.workers[record.id].status == "offline", worker.describe()

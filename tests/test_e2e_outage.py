@@ -80,7 +80,7 @@ async def test_failing_update_answers_lose_nothing(manager: RecordingManager, wo
     assert answers[503] > 0 and answers[500] > 0, answers
     for task in manager.job_tasks(job_id)[:4]:
         # Refused updates were not applied, so nothing may be missing or repeated.
-        assert numbered_lines(task.log) == list(range(1, 3001)), task.name
+        assert numbered_lines(task.log, "line ") == list(range(1, 3001)), task.name
         assert task.status == "completed"
         assert task.steps_completed == task.steps_total
         assert {u.answer for u in task.rejected_updates} <= {500, 503}

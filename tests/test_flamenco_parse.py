@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flamenco_deadline_worker.backends.base import FatalServiceError
 from flamenco_deadline_worker.backends.flamenco import parse_task, retry_after_seconds
+from flamenco_deadline_worker.core.model import FatalServiceError
 from flamenco_deadline_worker.runner.commands.base import CommandError, find
 
 

@@ -194,3 +194,25 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "flamenco-worker.service" not in result.stderr, result.stderr
+
+
+def test_a_deadline_install_lets_queue_job_users_in(tmp_path: Path) -> None:
+    """Deadline sessions run as their queue's job user through sudo: no NoNewPrivileges, and a session
+    root outside the 0700 home that job users may pass through; unless every job runs as the agent."""
+    root = tmp_path / "stage"
+    staged_users(root)
+    farm, fleet = "farm-" + "1" * 32, "fleet-" + "2" * 32
+    result = run("install", "--backend", "deadline", "--farm-id", farm, "--fleet-id", fleet, "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    sessions = root / "var/lib/flamenco-worker-sessions"
+    assert (mode(sessions), sessions.stat().st_uid) == (0o711, UID)
+    loaded = cfg.load(config_files=[root / "etc/flamenco-worker/flamenco-worker.cfg"], home=tmp_path / "h", environ={})
+    assert loaded.session_root_dir == Path("/var/lib/flamenco-worker-sessions")
+    assert "NoNewPrivileges" not in (root / "etc/systemd/system/flamenco-worker.service").read_text()
+
+    agent_only = tmp_path / "agent-only"
+    staged_users(agent_only)
+    result = run("install", "--backend", "deadline", "--farm-id", farm, "--fleet-id", fleet, "--root", str(agent_only),
+                 "--set", "deadline_run_jobs_as_agent_user=true")
+    assert result.returncode == 0, result.stderr
+    assert "NoNewPrivileges=yes" in (agent_only / "etc/systemd/system/flamenco-worker.service").read_text()

@@ -19,7 +19,7 @@ import pytest
 from disks import fill, tmpfs
 from test_queue import ScriptedSink, open_queue
 
-from flamenco_deadline_worker.backends.base import Update
+from flamenco_deadline_worker.core.model import Update
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 

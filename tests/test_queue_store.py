@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_queue import ScriptedSink, open_queue
 
-from flamenco_deadline_worker.backends.base import Update
+from flamenco_deadline_worker.core.model import Update
 from flamenco_deadline_worker.upstream.store import SCHEMA_VERSION, QueueFileError, UpdateStore
 
 # Holds the queue file with an exclusive lock (as a backup tool or an sqlite3 shell can) until told to let go.

@@ -17,7 +17,8 @@ import aiohttp
 import attrs
 
 from flamenco_deadline_worker import __version__, logs, records
-from flamenco_deadline_worker.backends.base import (
+from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.core.model import (
     CommandSpec,
     Delivery,
     DeliveryResult,
@@ -31,7 +32,6 @@ from flamenco_deadline_worker.backends.base import (
     Update,
     WorkerState,
 )
-from flamenco_deadline_worker.config import WorkerConfig
 from flamenco_deadline_worker.credentials import save_keys
 
 log = logging.getLogger(__name__)

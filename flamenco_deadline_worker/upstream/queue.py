@@ -386,10 +386,15 @@ class TaskUpdateQueue:
     async def backlog(self) -> Backlog:
         return await self.store.backlog()
 
-    async def completed_actions(self) -> dict[str, set[str]]:
-        """Per domain, the actions whose completion is still queued (after a restart: already ended)."""
+    async def completed_actions(
+        self, holds_statuses: Callable[[str], bool] = lambda task_id: True
+    ) -> dict[str, set[str]]:
+        """Per domain, the actions whose completion is still queued (after a restart: already ended).
+        Only the domains ``holds_statuses`` names are read (not, say, a large backlog of log text)."""
         found: dict[str, set[str]] = {}
         for task_id, _ in await self.store.heads(limit=100_000):
+            if not holds_statuses(task_id):
+                continue
             for row in await self.store.rows_of(task_id, limit=1_000_000):
                 try:
                     data = json.loads(row.payload)

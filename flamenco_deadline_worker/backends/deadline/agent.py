@@ -19,12 +19,13 @@ from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
+from flamenco_deadline_worker.backends.deadline.jobuser import JobUserError, JobUsers
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
 from flamenco_deadline_worker.backends.deadline.queue_creds import QueueCredentials
 from flamenco_deadline_worker.backends.deadline.resume import SessionLedger
 from flamenco_deadline_worker.backends.deadline.schedule import Schedule
 from flamenco_deadline_worker.backends.deadline.session import SessionRunner
-from flamenco_deadline_worker.backends.deadline.sink import DeadlineSink, log_key
+from flamenco_deadline_worker.backends.deadline.sink import LOG_PREFIX, DeadlineSink, log_key
 from flamenco_deadline_worker.core.backoff import Backoff
 from flamenco_deadline_worker.core.model import Update
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
@@ -53,6 +54,7 @@ class DeadlineAgent:
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
         retain_session_dirs: bool = False,
+        run_jobs_as_agent_user: bool = False,
     ) -> None:
         self.api = api
         self.ids = ids
@@ -68,6 +70,7 @@ class DeadlineAgent:
         self.sessions: dict[str, SessionRunner] = {}
         self.ledger = SessionLedger(ledger_file or queue_db.with_name("deadline-sessions.json"), ids["workerId"])
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
+        self.job_users = JobUsers(run_as_agent=run_jobs_as_agent_user, session_root=session_root)
         self.router = LogRouter(self.queue)
         self.interval = 15.0
         self.publisher = publisher
@@ -121,7 +124,8 @@ class DeadlineAgent:
     async def open(self) -> None:
         await self.queue.open()
         # Before the drain starts: which actions ended before a restart, their completions still queued.
-        for session_id, actions in (await self.queue.completed_actions()).items():
+        queued = await self.queue.completed_actions(lambda key: not key.startswith(LOG_PREFIX))
+        for session_id, actions in queued.items():
             self._completed.update((session_id, a) for a in actions)
         self._drain = asyncio.create_task(self.queue.run_drain(), name="update drain")
         self.router.install()
@@ -221,6 +225,7 @@ class DeadlineAgent:
             resumed=resumed,
             completed=lambda action_id: (session_id, action_id) in self._completed,
             retain_dir=self.retain_session_dirs,
+            job_users=self.job_users,
         )
         runner.on_finished = self.task_finished
         self.sessions[session_id] = runner
@@ -243,12 +248,23 @@ class DeadlineAgent:
         except Exception as exc:
             self.router.write(runner.id, f"could not read the job details: {exc}\n")
         else:
-            message = await self.queue_creds.ensure(runner.queue_id, bool(job.get("queueRoleArn")))
+            message = await self.queue_creds.ensure(
+                runner.queue_id, bool(job.get("queueRoleArn")), group=self._job_group(job)
+            )
             if message:
                 self.router.write(runner.id, message + "\n")
         finally:
             if not runner.draining:
                 runner.start()
+
+    def _job_group(self, job: dict[str, Any]) -> str | None:
+        """The group that shares the queue credentials with the session's job user (None: the agent's
+        own user runs it; a job user that cannot be used fails the first action with the reason)."""
+        try:
+            user, _ = self.job_users.choose(job)
+        except JobUserError:
+            return None
+        return user.group if user is not None else None
 
     async def _close(self, runner: SessionRunner, timeout: float = 30.0) -> None:
         await runner.close(timeout=timeout)

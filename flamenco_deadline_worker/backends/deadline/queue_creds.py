@@ -2,14 +2,20 @@
 
 They are written to a file (0600) that an AWS config profile reads through ``credential_process``,
 so a long-running process picks up refreshed credentials; the fleet role's never reach a session.
+When the session runs as a queue's job user, the queue's directory and files belong to that user's
+group (0750 and 0640): the agent and the job user read them, no one else.  ``credentials/`` itself
+is 0711, so a job user can pass through it without listing the queues.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import json
 import logging
+import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ class QueueCredentials:
         self.queue_id: str | None = None
         self.expiry: dt.datetime | None = None
         self.available = False
+        self.group: str | None = None  # the job user's group that may read them; None: the agent only
 
     def env(self) -> dict[str, str]:
         """Variables for session processes (empty when the queue has no role)."""
@@ -47,14 +54,20 @@ class QueueCredentials:
             and (self.expiry - dt.datetime.now(dt.timezone.utc)).total_seconds() < REFRESH_MARGIN
         )
 
-    async def ensure(self, queue_id: str, has_role: bool) -> str | None:
-        """Credentials for ``queue_id``; None when all is well, else a message for the session log."""
+    async def ensure(self, queue_id: str, has_role: bool, group: str | None = None) -> str | None:
+        """Credentials for ``queue_id``, readable by ``group`` too when given (the job user's); None
+        when all is well, else a message for the session log."""
         if queue_id != self.queue_id:
             self.forget()
             self.queue_id = queue_id
         if not has_role:
             return "AWS credentials are not available to this session: the queue has no IAM role."
         if self.available and not self.due():
+            if group != self.group:
+                try:
+                    self._share(queue_id, group)
+                except (OSError, KeyError) as exc:
+                    return _share_failed(group, exc)
             return None
         try:
             answer = await self.api.call_retrying(
@@ -69,12 +82,16 @@ class QueueCredentials:
             self.forget()
             self.queue_id = queue_id
             return "AWS credentials are not available to this session: the queue has no IAM role."
-        self._write(queue_id, creds)
+        try:
+            self._write(queue_id, creds, group)
+        except (OSError, KeyError) as exc:
+            self.forget()
+            self.queue_id = queue_id
+            return _share_failed(group, exc)
         return None
 
-    def _write(self, queue_id: str, creds: dict[str, Any]) -> None:
-        base = self.directory / queue_id
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def _write(self, queue_id: str, creds: dict[str, Any], group: str | None = None) -> None:
+        base = self._queue_dir(queue_id, group)
         expiry: dt.datetime = creds["expiration"]
         document = {
             "Version": 1,
@@ -85,15 +102,60 @@ class QueueCredentials:
         }
         logs.add_secret(creds["secretAccessKey"])
         logs.add_secret(creds["sessionToken"])
-        write_atomic(base / "credentials.json", json.dumps(document), 0o600)
+        share = _sharer(group)
+        write_atomic(base / "credentials.json", json.dumps(document), 0o600, prepare=share)
         process = f"cat {shlex.quote(str(base / 'credentials.json'))}"
-        write_atomic(base / "config", f"[profile deadline-{queue_id}]\ncredential_process = {process}\n", 0o600)
-        write_atomic(base / "credentials", "", 0o600)
+        write_atomic(
+            base / "config", f"[profile deadline-{queue_id}]\ncredential_process = {process}\n", 0o600, prepare=share
+        )
+        write_atomic(base / "credentials", "", 0o600, prepare=share)
         self.expiry = expiry
         self.available = True
+        self.group = group
+
+    def _queue_dir(self, queue_id: str, group: str | None) -> Path:
+        """``credentials/<queue>/``: 0700, or 0750 of the job user's group (set before it is opened up)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o711)
+        base = self.directory / queue_id
+        base.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(base, 0o700)
+        if group is not None:
+            os.chown(base, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(base, 0o750)
+        return base
+
+    def _share(self, queue_id: str, group: str | None) -> None:
+        """The written files handed to another group (the queue's job user changed, or none now)."""
+        base = self._queue_dir(queue_id, group)
+        share = _sharer(group)
+        for name in ("credentials.json", "config", "credentials"):
+            if group is None:
+                os.chmod(base / name, 0o600)
+            share(base / name)
+        self.group = group
 
     def forget(self) -> None:
         if self.queue_id is not None:
             for name in ("credentials.json", "config", "credentials"):
                 (self.directory / self.queue_id / name).unlink(missing_ok=True)
-        self.queue_id, self.expiry, self.available = None, None, False
+        self.queue_id, self.expiry, self.available, self.group = None, None, False, None
+
+
+def _sharer(group: str | None) -> Callable[[Path], None]:
+    """What makes a credentials file readable by ``group`` (nothing when None): group first, then
+    the mode, so the file is never readable by the agent's own group on the way."""
+
+    def share(path: Path) -> None:
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(path, 0o640)
+
+    return share
+
+
+def _share_failed(group: str | None, exc: OSError | KeyError) -> str:
+    return (
+        f"AWS credentials are not available to this session: they cannot be made readable by the job "
+        f"user's group {group!r}: {exc}"
+    )

@@ -62,6 +62,7 @@ class DeadlineService:
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
             retain_session_dirs=config.deadline_retain_session_dir,
+            run_jobs_as_agent_user=config.deadline_run_jobs_as_agent_user,
         )
         self.agent.queue.on_problem = self.publisher.queue_problem  # `status` shows a queue that cannot be written
         await self.agent.open()

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from openjd.sessions import ActionState, ActionStatus, Session, SessionState
+from openjd.sessions import LOG as OJD_LOG
+from openjd.sessions import ActionState, ActionStatus, PathMappingRule, PosixSessionUser, Session, SessionState
 
 from flamenco_deadline_worker import records
+from flamenco_deadline_worker.backends.deadline import pathmap
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
+from flamenco_deadline_worker.backends.deadline.jobuser import JobUser, JobUserError, JobUsers
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class SessionRunner:
         resumed: bool = False,
         completed: Callable[[str], bool] = lambda action_id: False,
         retain_dir: bool = False,
+        job_users: JobUsers | None = None,
     ) -> None:
         self.id = session_id
         self.queue_id = queue_id
@@ -69,6 +73,10 @@ class SessionRunner:
         self.resumed = resumed
         self.completed = completed
         self.retain_dir = retain_dir  # deadline_retain_session_dir: keep the working directory at the end
+        self.job_users = job_users  # None: the agent's own user, whatever the job says
+        # Known once the session exists (for job attachments too): its job user and path-mapping rules.
+        self.job_user: JobUser | None = None
+        self.path_rules: list[PathMappingRule] = []
         self.on_finished: Callable[[SessionRunner, str, str, str], None] | None = None
         self.pending: list[Action] = []
         self.known: set[str] = set()
@@ -216,7 +224,7 @@ class SessionRunner:
         try:
             await self.report(action.id, {"startedAt": started})
             status = await self._execute(action)
-        except EntityError as exc:
+        except (EntityError, JobUserError, pathmap.PathMappingError) as exc:
             await self._finish(
                 action, {"completedStatus": "FAILED", "startedAt": started, "progressMessage": str(exc)[:4096]}
             )
@@ -300,6 +308,7 @@ class SessionRunner:
         if self._ojd is None:
             job = await self.entities.job()
             values = parameter_values(job.get("parameters") or {})
+            user, rules = await self._user_and_rules(job)
             self.root_dir.mkdir(parents=True, exist_ok=True)
             self._ojd = await asyncio.to_thread(
                 lambda: Session(
@@ -308,6 +317,8 @@ class SessionRunner:
                     callback=self._callback,
                     session_root_directory=self.root_dir,
                     retain_working_dir=self.retain_dir,
+                    user=user,
+                    path_mapping_rules=rules or None,
                 )
             )
         return self._ojd
@@ -330,6 +341,28 @@ class SessionRunner:
             if action.body.get("taskId"):
                 env["DEADLINE_TASK_ID"] = str(action.body["taskId"])
         return env
+
+    async def _user_and_rules(self, job: dict[str, Any]) -> tuple[PosixSessionUser | None, list[PathMappingRule]]:
+        """The job user the actions run as (checked on this host; None: the agent's user) and the
+        job's path-mapping rules, both told in the session log.  JobUserError, PathMappingError."""
+        rules = pathmap.rules_of(job)
+        user: PosixSessionUser | None = None
+        if self.job_users is not None:
+            chosen, line = self.job_users.choose(job)
+            self._say(line)
+            if chosen is not None:
+                await self.job_users.ready(chosen)
+                user = chosen.session_user()
+            self.job_user = chosen
+        self.path_rules = rules
+        for rule in rules:
+            self._say(f"Path mapping rule: {rule.source_path_format.value.lower()} {rule.source_path} -> "
+                      f"{rule.destination_path}")
+        return user, rules
+
+    def _say(self, line: str) -> None:
+        """The agent's own line in the session log (through openjd's logger, which the router reads)."""
+        OJD_LOG.info(line, extra={"session_id": self.id})
 
     def _callback(self, session_id: str, status: ActionStatus) -> None:
         """From openjd's threads: progress while running, the final status at the end."""

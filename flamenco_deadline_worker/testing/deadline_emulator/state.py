@@ -24,6 +24,7 @@ import attrs
 
 from flamenco_deadline_worker.testing.deadline_emulator.hostmatch import unmet
 from flamenco_deadline_worker.testing.deadline_emulator.job import Job, Step, Task, new_id
+from flamenco_deadline_worker.testing.deadline_emulator.profiles import AGENT_USER, StorageProfile, path_mapping_rules
 
 COMPLETED = ("SUCCEEDED", "FAILED", "INTERRUPTED", "CANCELED", "NEVER_ATTEMPTED")
 
@@ -114,6 +115,11 @@ class Options:
     update_interval_seconds: int = 15
     tasks_ahead: int = 4  # taskRun actions queued beyond the running one
     credential_lifetime_seconds: float = 3600.0
+    # The queue's jobRunAsUser (profiles.queue_user(user, group) or profiles.AGENT_USER) and the
+    # storage profiles the job was submitted with and the fleet has, for pathMappingRules.
+    job_run_as_user: dict[str, Any] = attrs.field(factory=lambda: dict(AGENT_USER))
+    job_storage_profile: StorageProfile | None = None
+    fleet_storage_profile: StorageProfile | None = None
     fleet_create_in_progress_calls: int = 0  # CreateWorker answers CREATE_IN_PROGRESS this many times
     stop_when_done: bool = False  # desiredWorkerStatus=STOPPED once the job has no work left
     log_stream_calls_per_second: float = 5.0
@@ -502,8 +508,9 @@ class ServiceState:
                             "logGroupName": job.log_group,
                             "schemaVersion": "jobtemplate-2023-09",
                             "parameters": job.parameters,
-                            "jobRunAsUser": {"runAs": "WORKER_AGENT_USER"},
+                            "jobRunAsUser": self.options.job_run_as_user,
                             "queueRoleArn": "arn:aws:iam::123456789012:role/EmulatorQueueRole",
+                            **self._path_mapping(),
                         }
                     }
                 )
@@ -545,6 +552,10 @@ class ServiceState:
                     {kind: {**ids, "code": "ResourceNotFoundException", "message": "this job has no job attachments"}}
                 )
         return {"entities": entities, "errors": errors}
+
+    def _path_mapping(self) -> dict[str, Any]:
+        rules = path_mapping_rules(self.options.job_storage_profile, self.options.fleet_storage_profile)
+        return {"pathMappingRules": rules} if rules else {}
 
     # ---- CloudWatch Logs -------------------------------------------------------------------
 
