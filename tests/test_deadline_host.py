@@ -114,10 +114,19 @@ def test_capabilities_detected_configured_sent_shown_and_matched(run: Start, tmp
     assert "acme:amount.licenses=3" in text and "attr.site=paris|night_shift" in text, text
 
 
-def test_a_job_the_host_does_not_meet_stays_unassigned(run: Start, tmp_path: Path) -> None:
-    # A broken GPU driver: nvidia-smi fails. Start-up goes on, with a warning and no GPU amounts.
-    env = fake_nvidia_smi(tmp_path / "bin", "echo 'NVIDIA-SMI has failed because it could not communicate "
-                                            "with the NVIDIA driver' >&2; exit 9")
+BROKEN_NVIDIA_SMI = {
+    "fails": ("echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver' >&2; exit 9",
+              ["exited with 9", "could not communicate with the NVIDIA driver"]),
+    "hangs": ("exec sleep 600", ["did not answer within 10 s"]),
+    "prints garbage": ("echo 'No devices were found here'", ["printed 'No devices were found here'"]),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_NVIDIA_SMI))
+def test_a_job_the_host_does_not_meet_stays_unassigned(run: Start, tmp_path: Path, broken: str) -> None:
+    # A broken GPU driver: start-up goes on, with a warning and no GPU amounts.
+    body, warnings = BROKEN_NVIDIA_SMI[broken]
+    env = fake_nvidia_smi(tmp_path / "bin", body)
     template = demanding_template(amounts=[{"name": "amount.worker.gpu", "min": 1}])
     emu, agent = run(template, Options(update_interval_seconds=1), config=CONFIGURED, env=env)
     agent.until(lambda s: sum(op == "UpdateWorkerSchedule" for op, _ in s.calls) >= 4, 120, "four schedule calls")
@@ -128,7 +137,7 @@ def test_a_job_the_host_does_not_meet_stays_unassigned(run: Start, tmp_path: Pat
     assert "amount.worker.gpu" not in amounts and "amount.worker.vcpu" in amounts
     assert emu.state.unmet_requirements(worker.id) == {"Work": ["amount.worker.gpu = 0, needs 1.."]}
     log_text = agent.agent_log()
-    assert "exited with 9" in log_text and "could not communicate with the NVIDIA driver" in log_text
+    assert all(w in log_text for w in warnings), log_text[-3000:]
     assert agent.stop() == 0
 
 
