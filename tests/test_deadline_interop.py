@@ -1,4 +1,5 @@
-"""Emulator fidelity: the real AWS deadline-cloud-worker-agent runs a small job through the emulator.
+"""Emulator fidelity: the real AWS deadline-cloud-worker-agent runs a small job with job attachments
+through the emulator and a local S3 server.
 
 If the real agent and the emulator disagree, the emulator is wrong.  The AWS agent probes EC2
 instance metadata (169.254.169.254) by itself, so it runs, with the emulator, only inside a network
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("boto3")
+pytest.importorskip("deadline.job_attachments")
+pytest.importorskip("moto")
 from flamenco_deadline_worker.testing import netns  # noqa: E402
-from flamenco_deadline_worker.testing.deadline_emulator import simple_template  # noqa: E402
+from flamenco_deadline_worker.testing.attachments_job import attachments_template  # noqa: E402
 from flamenco_deadline_worker.testing.deadline_emulator.aws_agent import agent_executable  # noqa: E402
 from flamenco_deadline_worker.testing.deadline_emulator.drive import AWS, RunSpec, run_isolated  # noqa: E402
 
@@ -64,12 +67,9 @@ def test_the_aws_agent_runs_a_job_through_the_emulator(namespace: None, tmp_path
         exe = agent_executable()  # from PyPI, before entering the namespace: nothing gets out of it
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"could not install the AWS worker agent: {exc}")
-    template = simple_template(
-        4,
-        ("python3", "-c", "print('hello from task {{Task.Param.N}}')"),
-        step_environment=True,
-        job_environment=True,
-    )
+    # The job carries input attachments (made and uploaded by the deadline library as a submitter does)
+    # through an S3 server (moto) that runs with the emulator inside the namespace.
+    template = attachments_template(4, 20, environments=True)
     spec = RunSpec(
         AWS,
         template,
@@ -80,13 +80,20 @@ def test_the_aws_agent_runs_a_job_through_the_emulator(namespace: None, tmp_path
         log_stream_rate_is_violation=False,
         timeout=240,
         wait_for_closed_session=True,
-        last_log_line="hello from task 4",
+        last_log_line="task 4 hashed 5 inputs",
+        attachment_files=20,
+        attachment_bytes=2_000_000,
     )
     result = run_isolated(spec)
     (session,) = [s for s in result["sessions"].values() if s[-1][0] == "envExit"]
-    assert [kind for kind, _, _ in session] == ["envEnter", "envEnter"] + ["taskRun"] * 4 + ["envExit", "envExit"]
+    assert [kind for kind, _, _ in session] == (
+        ["syncInputJobAttachments", "envEnter", "envEnter"] + ["taskRun"] * 4 + ["envExit", "envExit"]
+    )
     assert {status for _, status, _ in session} == {"SUCCEEDED"}
-    assert "hello from task 4" in result["session_log"]
+    assert "task 4 hashed 5 inputs" in result["session_log"]
+    # Its inputs came from S3 and every task's output went back with its output manifest.
+    assert result["attachments"]["output_manifests"] == 4
+    assert result["attachments"]["outputs_match"] is True
     assert result["violations"] == []
     assert {"AssumeQueueRoleForWorker", "BatchGetJobEntity", "PutLogEvents"} <= set(result["operations"])
     assert "STARTED" in result["worker_statuses"][0]

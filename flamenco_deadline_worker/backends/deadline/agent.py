@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
+from flamenco_deadline_worker.backends.deadline.attachments import S3Access
 from flamenco_deadline_worker.backends.deadline.entities import JobEntities
 from flamenco_deadline_worker.backends.deadline.jobuser import JobUserError, JobUsers
 from flamenco_deadline_worker.backends.deadline.logroute import LogRouter
@@ -71,6 +72,11 @@ class DeadlineAgent:
         self.ledger = SessionLedger(ledger_file or queue_db.with_name("deadline-sessions.json"), ids["workerId"])
         self.queue_creds = QueueCredentials(api, ids, session_root / "credentials")
         self.job_users = JobUsers(run_as_agent=run_jobs_as_agent_user, session_root=session_root)
+        # Job attachments reach S3 with the queue role's credentials, in the region of the worker API.
+        self.s3_access = S3Access(
+            ids["farmId"], api.deadline.meta.region_name, lambda queue_id: self.queue_creds.directory / queue_id /
+            "credentials.json"
+        )
         self.router = LogRouter(self.queue)
         self.interval = 15.0
         self.publisher = publisher
@@ -226,6 +232,7 @@ class DeadlineAgent:
             completed=lambda action_id: (session_id, action_id) in self._completed,
             retain_dir=self.retain_session_dirs,
             job_users=self.job_users,
+            s3_access=self.s3_access,
         )
         runner.on_finished = self.task_finished
         self.sessions[session_id] = runner

@@ -86,6 +86,15 @@ class JobEntities:
         self._steps[step_id] = step
         return step
 
+    async def attachment_details(self) -> dict[str, Any]:
+        """The jobAttachmentDetails entity: the job's manifests and file system."""
+        return await self._get("jobAttachmentDetails", self.job_id, {})
+
+    async def step_dependencies(self, step_id: str) -> list[str]:
+        """The steps whose outputs ``step_id`` takes as inputs (stepDetails ``dependencies``)."""
+        details = await self._get("stepDetails", step_id, {"stepId": step_id})
+        return [str(d) for d in details.get("dependencies") or []]
+
     async def environment(self, env_id: str) -> Environment:
         details = await self._get("environmentDetails", env_id, {"environmentId": env_id})
         try:

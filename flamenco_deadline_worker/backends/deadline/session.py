@@ -22,6 +22,13 @@ from openjd.sessions import ActionState, ActionStatus, PathMappingRule, PosixSes
 
 from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import pathmap
+from flamenco_deadline_worker.backends.deadline.attachments import (
+    AttachmentError,
+    AttachmentsCancelled,
+    S3Access,
+    SessionAttachments,
+    epoch,
+)
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
 from flamenco_deadline_worker.backends.deadline.jobuser import JobUser, JobUserError, JobUsers
 
@@ -29,10 +36,6 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str, dict[str, Any]], Awaitable[None]]
 FAILURES = ("FAILED", "CANCELED", "INTERRUPTED")
-NO_ATTACHMENTS = (
-    "syncInputJobAttachments is not supported by this worker agent yet: job attachments cannot "
-    "be synchronised. Submit the job without job attachments or use a shared file system."
-)
 
 
 def iso_now() -> str:
@@ -61,6 +64,7 @@ class SessionRunner:
         completed: Callable[[str], bool] = lambda action_id: False,
         retain_dir: bool = False,
         job_users: JobUsers | None = None,
+        s3_access: S3Access | None = None,
     ) -> None:
         self.id = session_id
         self.queue_id = queue_id
@@ -77,6 +81,8 @@ class SessionRunner:
         # Known once the session exists (for job attachments too): its job user and path-mapping rules.
         self.job_user: JobUser | None = None
         self.path_rules: list[PathMappingRule] = []
+        self.s3_access = s3_access  # job attachments' way to S3 (None: attachment actions fail)
+        self.attachments: SessionAttachments | None = None  # set by the first syncInputJobAttachments
         self.on_finished: Callable[[SessionRunner, str, str, str], None] | None = None
         self.pending: list[Action] = []
         self.known: set[str] = set()
@@ -159,6 +165,12 @@ class SessionRunner:
             if self.retain_dir:
                 log.info("session %s: its working directory %s is kept (deadline_retain_session_dir)",
                          self.id, ojd.working_directory)
+        if self.attachments is not None:
+            if self.retain_dir:  # kept with the working directory, as the AWS agent keeps both
+                log.info("session %s: its job attachments directory %s is kept (deadline_retain_session_dir)",
+                         self.id, self.attachments.directory)
+            else:
+                await asyncio.to_thread(self.attachments.cleanup)
 
     def _cancel_running(self, grace: float) -> None:
         if self._ojd is None:
@@ -214,16 +226,16 @@ class SessionRunner:
             await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
             return
         started = iso_now()
-        if action.kind == "syncInputJobAttachments":
-            await self._finish(
-                action, {"completedStatus": "FAILED", "startedAt": started, "progressMessage": NO_ATTACHMENTS}
-            )
-            return
         self.running = action
         records.action_start(self.id, action.id, action.kind, queue_id=self.queue_id, **_what(action))
         try:
             await self.report(action.id, {"startedAt": started})
-            status = await self._execute(action)
+            if action.kind == "syncInputJobAttachments":
+                status = await self._sync_inputs(action)
+            else:
+                status = await self._execute(action)
+                if action.kind == "taskRun" and status.state == ActionState.SUCCESS:
+                    status = await self._upload_outputs(action, started, status)
         except (EntityError, JobUserError, pathmap.PathMappingError) as exc:
             await self._finish(
                 action, {"completedStatus": "FAILED", "startedAt": started, "progressMessage": str(exc)[:4096]}
@@ -318,7 +330,7 @@ class SessionRunner:
                     session_root_directory=self.root_dir,
                     retain_working_dir=self.retain_dir,
                     user=user,
-                    path_mapping_rules=rules or None,
+                    path_mapping_rules=(rules + (self.attachments.rules if self.attachments else [])) or None,
                 )
             )
         return self._ojd
@@ -359,6 +371,94 @@ class SessionRunner:
             self._say(f"Path mapping rule: {rule.source_path_format.value.lower()} {rule.source_path} -> "
                       f"{rule.destination_path}")
         return user, rules
+
+    # ---- job attachments (attachments.py does the work) ------------------------------------
+
+    async def _sync_inputs(self, action: Action) -> ActionStatus:
+        """syncInputJobAttachments: the job's inputs, or (with a stepId) the outputs of the steps
+        that step depends on, into the session before its tasks."""
+        step_id = action.body.get("stepId")
+        self._say("Job attachments: downloading " + (f"the outputs step {step_id} depends on" if step_id else
+                                                     "the job's input files"))
+        try:
+            if self.s3_access is None:
+                raise AttachmentError("this agent was started without access to job attachments")
+            job = await self.entities.job()
+            dependencies: list[str] | None = None
+            if step_id:
+                if self.attachments is None:
+                    raise AttachmentError("the job's attachments must be synchronised before a step's dependencies")
+                dependencies = await self.entities.step_dependencies(step_id)
+            elif self.attachments is None:
+                if self._ojd is not None:
+                    raise AttachmentError(
+                        "syncInputJobAttachments came after the session's first OpenJD action: the paths of its "
+                        "attachments can no longer be mapped for this session"
+                    )
+                details = await self.entities.attachment_details()
+                attachments = SessionAttachments(
+                    self.id, self.queue_id, self.entities.job_id, self.root_dir / "attachments" / self.id,
+                    self.s3_access,
+                )
+                # The tasks run as the queue's job user: the copies belong to its group.
+                chosen = self.job_users.choose(job)[0] if self.job_users is not None else None
+                owner = (chosen.user, chosen.group) if chosen is not None else None
+                await asyncio.to_thread(attachments.prepare, job, details, owner)
+                self.attachments = attachments
+                for rule in attachments.rules:
+                    self._say(f"Job attachments: {rule.source_path} is mapped to {rule.destination_path}")
+            assert self.attachments is not None
+            summary = await self.attachments.sync_inputs(
+                dependencies, self._transfer_progress(action), lambda: self._stopping(action)
+            )
+        except AttachmentsCancelled:
+            self._say("Job attachments: the download was canceled")
+            return ActionStatus(state=ActionState.CANCELED)
+        except AttachmentError as exc:
+            self._say(f"Job attachments: {exc}")
+            return ActionStatus(state=ActionState.FAILED, fail_message=str(exc))
+        self._say(summary)
+        return ActionStatus(state=ActionState.SUCCESS, progress=100.0, status_message=summary)
+
+    async def _upload_outputs(self, action: Action, started: str, status: ActionStatus) -> ActionStatus:
+        """After a successful taskRun: its outputs to S3; the task SUCCEEDS only once they are there."""
+        if self.attachments is None:
+            return status
+        try:
+            summary = await self.attachments.sync_outputs(
+                action.body["stepId"], action.body.get("taskId", ""), action.id, epoch(started),
+                self._transfer_progress(action), lambda: self._stopping(action),
+            )
+        except AttachmentsCancelled:
+            return ActionStatus(state=ActionState.CANCELED, exit_code=status.exit_code)
+        except AttachmentError as exc:
+            message = f"the task succeeded but its outputs could not be uploaded: {exc}"
+            self._say(f"Job attachments: {message}")
+            return ActionStatus(state=ActionState.FAILED, exit_code=status.exit_code, fail_message=message)
+        self._say(summary)
+        return ActionStatus(
+            state=ActionState.SUCCESS, exit_code=status.exit_code, progress=status.progress,
+            status_message=status.status_message,
+        )
+
+    def _stopping(self, action: Action) -> bool:
+        return action.id in self.canceled or action.id in self.interrupted or self.draining
+
+    def _transfer_progress(self, action: Action) -> Callable[[float, str], None]:
+        """The library's progress (from its threads) as the action's progressPercent and progressMessage."""
+
+        def on_loop(percent: float, message: str) -> None:  # the library logs its own progress lines
+            if self.running is action:
+                info = {"progressPercent": max(0.0, min(100.0, percent)), "progressMessage": message[:4096]}
+                asyncio.ensure_future(self.report(action.id, info))
+
+        def progress(percent: float, message: str) -> None:
+            try:
+                self._loop.call_soon_threadsafe(on_loop, percent, message)
+            except RuntimeError:  # the event loop is gone: the agent is exiting
+                pass
+
+        return progress
 
     def _say(self, line: str) -> None:
         """The agent's own line in the session log (through openjd's logger, which the router reads)."""

@@ -12,6 +12,8 @@ result as one JSON line) and returns the result.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -26,10 +28,19 @@ from typing import Any
 import attrs
 
 from flamenco_deadline_worker.testing import netns
+from flamenco_deadline_worker.testing.attachments_job import (
+    BUCKET,
+    SETTINGS,
+    Submitted,
+    expected_output,
+    read_outputs,
+    submit_inputs,
+)
 from flamenco_deadline_worker.testing.deadline_emulator.aws_agent import agent_command
-from flamenco_deadline_worker.testing.deadline_emulator.job import make_job
+from flamenco_deadline_worker.testing.deadline_emulator.job import make_job, new_id
 from flamenco_deadline_worker.testing.deadline_emulator.server import DeadlineEmulator
 from flamenco_deadline_worker.testing.deadline_emulator.state import Options, ServiceState
+from flamenco_deadline_worker.testing.s3server import S3Server
 
 OURS = "flamenco-deadline-worker"
 AWS = "aws"
@@ -49,6 +60,10 @@ class RunSpec:
     timeout: float = 1800.0
     wait_for_closed_session: bool = False  # and for the last line of its log in CloudWatch
     last_log_line: str = ""
+    # Job attachments: this many input files of this many bytes in all, submitted through a local S3
+    # server (moto) that runs beside the emulator; the template must be attachments_template's.
+    attachment_files: int = 0
+    attachment_bytes: int = 0
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -63,6 +78,26 @@ def memory_kib(pid: int) -> tuple[int, int]:
     except OSError:
         pass
     return rss, hwm
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and all its descendants in KiB (the AWS agent syncs attachments in a child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        one = todo.pop()
+        total += memory_kib(one)[0]
+        todo.extend(children.get(one, []))
+    return total
 
 
 def our_command(emu: DeadlineEmulator, workdir: Path) -> tuple[list[str], dict[str, str]]:
@@ -85,33 +120,75 @@ def run_job(spec: RunSpec) -> dict[str, Any]:
         log_stream_rate_is_violation=spec.log_stream_rate_is_violation,
         tasks_ahead=spec.tasks_ahead,
     )
-    emu = DeadlineEmulator(
-        make_job(spec.template), options, latency_ms=spec.latency_ms, jitter_ms=spec.jitter_ms
-    ).start()
-    try:
+    with contextlib.ExitStack() as stack:
+        job: dict[str, Any] = {}
+        s3: S3Server | None = None
+        submitted: Submitted | None = None
+        if spec.attachment_files:
+            s3 = stack.enter_context(S3Server())
+            s3.create_bucket(BUCKET)
+            job["queue_id"] = new_id("queue")
+            submitted = submit_inputs(s3, options.farm_id, job["queue_id"], workdir / "submitter" / "project",
+                                      files=spec.attachment_files, total_bytes=spec.attachment_bytes)
+            job.update(attachments=submitted.attachments, attachment_settings=SETTINGS)
+        parameters = submitted.parameters if submitted else None
+        emu = DeadlineEmulator(
+            make_job(spec.template, parameters, **job), options, latency_ms=spec.latency_ms, jitter_ms=spec.jitter_ms
+        ).start()
+        stack.callback(emu.stop)
         if spec.agent == AWS:
             command, env = agent_command(emu, workdir, Path(spec.aws_executable))
         else:
             command, env = our_command(emu, workdir)
+        if s3 is not None:
+            env.update(s3.client_env())
         with (workdir / "agent.out").open("wb") as out:
-            return _measure(spec, emu, subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                        cwd=workdir))
-    finally:
-        emu.stop()
+            result = _measure(spec, emu, subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                          cwd=workdir))
+        if s3 is not None and submitted is not None:
+            result["attachments"] = _attachment_figures(spec, emu, s3, submitted)
+        return result
+    raise AssertionError("not reached")
+
+
+def _attachment_figures(spec: RunSpec, emu: DeadlineEmulator, s3: S3Server, submitted: Submitted) -> dict[str, Any]:
+    """The input sync's time as the service saw it, and whether every task's output reached S3 intact."""
+    syncs = emu.read(lambda s: [a for a in s.actions.values() if a.kind == "syncInputJobAttachments"])
+    seconds = [
+        (_when(a.ended_at) - _when(a.started_at)).total_seconds() for a in syncs if a.started_at and a.ended_at
+    ]
+    tasks = len(emu.state.task_statuses())
+    outputs = read_outputs(s3, emu.state.options.farm_id, emu.state.job.queue_id, emu.state.job.id)
+    uploaded = {path: data.decode() for files in outputs.values() for path, data in files.items()}
+    return {
+        "sync_statuses": [a.status for a in syncs],
+        "sync_seconds": [round(x, 3) for x in seconds],
+        "output_manifests": len(outputs),
+        "outputs_match": uploaded == expected_output(submitted, tasks, spec.attachment_files),
+    }
+
+
+def _when(value: Any) -> dt.datetime:
+    from botocore.utils import parse_timestamp
+
+    when: dt.datetime = value if isinstance(value, dt.datetime) else parse_timestamp(value)
+    return when
 
 
 def _measure(spec: RunSpec, emu: DeadlineEmulator, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     launched = time.monotonic()
     peak = 0
+    tree_peak = 0
     steady: list[int] = []
     working = threading.Event()
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, tree_peak
         while not done.is_set():
             rss, hwm = memory_kib(proc.pid)
             peak = max(peak, hwm)
+            tree_peak = max(tree_peak, tree_rss_kib(proc.pid))
             if working.is_set() and rss:
                 steady.append(rss)
             done.wait(0.05)
@@ -180,6 +257,7 @@ def _measure(spec: RunSpec, emu: DeadlineEmulator, proc: subprocess.Popen[bytes]
         "tasks_per_second": round(tasks / (last - first), 2),
         "steady_rss_mib": round(statistics.median(steady) / 1024, 1) if steady else 0.0,
         "peak_rss_mib": round(peak / 1024, 1),
+        "peak_tree_rss_mib": round(tree_peak / 1024, 1),  # the agent and its children, sampled
         "invalid_requests": [[op, status] for _, op, status in emu.requests if status == 400],
         **emu.read(report),
     }

@@ -46,6 +46,10 @@ class Job:
     parameters: dict[str, dict[str, str]]
     environments: list[tuple[str, dict[str, Any]]]
     steps: list[Step]
+    # Job attachments, as CreateJob takes them ({"manifests": [...], "fileSystem": "COPIED"}), and the
+    # queue's jobAttachmentSettings ({"s3BucketName", "rootPrefix"}); None: the job has none.
+    attachments: dict[str, Any] | None = None
+    attachment_settings: dict[str, str] | None = None
 
     @property
     def log_group(self) -> str:
@@ -73,6 +77,8 @@ def make_job(
     parameters: Mapping[str, Any] | None = None,
     *,
     queue_id: str | None = None,
+    attachments: Mapping[str, Any] | None = None,
+    attachment_settings: Mapping[str, str] | None = None,
 ) -> Job:
     """Expand ``template`` (a jobtemplate-2023-09 document) with ``parameters`` into a Job."""
     decoded = decode_job_template(template=dict(template))
@@ -118,6 +124,8 @@ def make_job(
         parameters=job_params,
         environments=job_envs,
         steps=steps,
+        attachments=dict(attachments) if attachments is not None else None,
+        attachment_settings=dict(attachment_settings) if attachment_settings is not None else None,
     )
 
 

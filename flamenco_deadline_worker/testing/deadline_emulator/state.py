@@ -457,6 +457,8 @@ class ServiceState:
                 self._exit_envs(session, 0, only_ran=True)
             return
         if not session.actions:
+            if job.attachments is not None:  # as the service does: the inputs before any environment
+                self._add(session, "syncInputJobAttachments", {})
             for env_id, _ in job.environments:
                 self._enter(session, env_id)
         open_tasks = [a for a in session.actions if a.kind == "taskRun" and not a.done]
@@ -476,6 +478,8 @@ class ServiceState:
                     return
                 self._exit_envs(session, len(job.environments))
                 session.step_id = nxt.id
+                if job.attachments is not None and nxt.dependencies:  # the outputs of the steps it needs
+                    self._add(session, "syncInputJobAttachments", {"stepId": nxt.id})
                 for env_id, _ in nxt.environments:
                     self._enter(session, env_id)
                 continue
@@ -501,19 +505,20 @@ class ServiceState:
             if ids["jobId"] != job.id:
                 errors.append({kind: {**ids, "code": "ResourceNotFoundException", "message": "no such job"}})
             elif kind == "jobDetails":
-                entities.append(
-                    {
-                        "jobDetails": {
-                            "jobId": job.id,
-                            "logGroupName": job.log_group,
-                            "schemaVersion": "jobtemplate-2023-09",
-                            "parameters": job.parameters,
-                            "jobRunAsUser": self.options.job_run_as_user,
-                            "queueRoleArn": "arn:aws:iam::123456789012:role/EmulatorQueueRole",
-                            **self._path_mapping(),
-                        }
-                    }
-                )
+                details: dict[str, Any] = {
+                    "jobId": job.id,
+                    "logGroupName": job.log_group,
+                    "schemaVersion": "jobtemplate-2023-09",
+                    "parameters": job.parameters,
+                    "jobRunAsUser": self.options.job_run_as_user,
+                    "queueRoleArn": "arn:aws:iam::123456789012:role/EmulatorQueueRole",
+                    **self._path_mapping(),
+                }
+                if job.attachment_settings is not None:
+                    details["jobAttachmentSettings"] = dict(job.attachment_settings)
+                entities.append({"jobDetails": details})
+            elif kind == "jobAttachmentDetails" and job.attachments is not None:
+                entities.append({"jobAttachmentDetails": {"jobId": job.id, "attachments": dict(job.attachments)}})
             elif kind == "stepDetails":
                 steps = [s for s in job.steps if s.id == ids["stepId"]]
                 if not steps:
