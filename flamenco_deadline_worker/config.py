@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import sys
@@ -187,6 +188,8 @@ KEYS: tuple[Key, ...] = (
     Key("deadline_region", str, "", "AWS region of the farm; empty: $AWS_REGION or $AWS_DEFAULT_REGION."),
     Key("session_root_dir", str, "deadline-sessions", "Directory holding Deadline Cloud session directories."),
     Key("deadline_delete_worker_on_stop", bool, False, "Delete the Deadline Cloud worker when the agent stops."),
+    Key("deadline_retain_session_dir", bool, False,
+        "Keep a Deadline Cloud session's working directory after the session ends (for debugging)."),
     Key("deadline_run_jobs_as_agent_user", bool, False,
         "Run every Deadline Cloud session as the agent's own user, ignoring the queue's jobRunAsUser."),
     Key("deadline_shutdown_on_stop", bool, False,
@@ -250,6 +253,7 @@ class WorkerConfig:
     deadline_region: str
     session_root_dir: Path
     deadline_delete_worker_on_stop: bool
+    deadline_retain_session_dir: bool
     deadline_run_jobs_as_agent_user: bool
     deadline_shutdown_on_stop: bool
     deadline_shutdown_command: tuple[str, ...]
@@ -259,6 +263,9 @@ class WorkerConfig:
     worker_id: str
     worker_secret: str = attrs.field(repr=False)
     sources: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)
+    # The [capabilities] table (Deadline Cloud): names added to, or replacing, the detected ones.
+    capability_amounts: Mapping[str, float] = attrs.field(factory=dict)
+    capability_attributes: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "default")
@@ -266,6 +273,11 @@ class WorkerConfig:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """The [flamenco-worker] table of one file; ConfigError names the file on a syntax error."""
+    return _read_tables(path)[0]
+
+
+def _read_tables(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The [flamenco-worker] and [capabilities] tables of one file."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -282,9 +294,87 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{TABLE}] must be a table")
     for other in data:
-        if other != TABLE:
+        if other not in (TABLE, CAPABILITIES_TABLE):
             log.warning("%s: unknown table or key %r outside [%s], ignored", path, other, TABLE)
-    return table
+    capabilities = data.get(CAPABILITIES_TABLE, {})
+    if not isinstance(capabilities, dict):
+        raise ConfigError(f"{path}: [{CAPABILITIES_TABLE}] must be a table")
+    return table, capabilities
+
+
+# ---- [capabilities] (Deadline Cloud) -------------------------------------------------------
+
+CAPABILITIES_TABLE = "capabilities"
+# The service's own patterns (botocore's deadline model) and list limits.
+_AMOUNT_NAME = re.compile(r"([a-zA-Z][a-zA-Z0-9]{0,63}:)?amount(\.[a-zA-Z][a-zA-Z0-9]{0,63})+")
+_ATTRIBUTE_NAME = re.compile(r"([a-zA-Z][a-zA-Z0-9]{0,63}:)?attr(\.[a-zA-Z][a-zA-Z0-9]{0,63})+")
+_ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_\-]{0,99}")
+MAX_CAPABILITIES = 17  # of each kind, in one UpdateWorker
+MAX_ATTRIBUTE_VALUES = 10
+STANDARD_AMOUNTS = ("amount.worker.vcpu", "amount.worker.memory", "amount.worker.gpu", "amount.worker.gpu.memory",
+                    "amount.worker.disk.scratch")
+STANDARD_ATTRIBUTES = ("attr.worker.os.family", "attr.worker.cpu.arch")
+_RESERVED_SCOPES = ("worker", "job", "step", "task")  # OpenJD keeps these names for its own capabilities
+
+
+def _capability_name_problem(name: str, kind: str, pattern: re.Pattern[str], standard: Sequence[str]) -> str | None:
+    if len(name) > 100 or not pattern.fullmatch(name):
+        example = "amount.licenses or acme:amount.licenses" if kind == "amount" else "attr.site or acme:attr.site"
+        return f"is not a valid {kind} capability name (e.g. {example}; letters and digits between dots)"
+    if ":" not in name and name.lower() not in standard and name.split(".")[1].lower() in _RESERVED_SCOPES:
+        return (f"uses the {kind}.{name.split('.')[1]} scope, which only Open Job Description's own names may use "
+                f"({', '.join(standard)})")
+    return None
+
+
+def _dotted_name_hint(where: str, value: Any) -> None:
+    if isinstance(value, dict):  # `amount.worker.gpu = 2` without quotes is a nest of TOML tables
+        raise ConfigError(f'{where}: write a capability name in quotes, e.g. "amount.worker.gpu" = 2')
+
+
+def _read_capabilities(
+    table: Mapping[str, Any], source: str, amounts: dict[str, float], attributes: dict[str, tuple[str, ...]]
+) -> None:
+    """Check one file's [capabilities] table and add it to ``amounts`` and ``attributes`` (later wins)."""
+    for sub in table:
+        if sub not in ("amounts", "attributes"):
+            raise ConfigError(f"{source}: [capabilities]: unknown entry {sub!r}; use [capabilities.amounts] "
+                              "and [capabilities.attributes]")
+    found = table.get("amounts", {})
+    if not isinstance(found, dict):
+        raise ConfigError(f"{source}: [capabilities.amounts] must be a table of name = number")
+    for name, value in found.items():
+        where = f"{source}: [capabilities.amounts]: {name!r}"
+        _dotted_name_hint(where, value)
+        problem = _capability_name_problem(name, "amount", _AMOUNT_NAME, STANDARD_AMOUNTS)
+        if problem:
+            raise ConfigError(f"{where} {problem}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{where} must be a number, 0 or more, got {value!r}")
+        amounts[name] = float(value)
+    found = table.get("attributes", {})
+    if not isinstance(found, dict):
+        raise ConfigError(f"{source}: [capabilities.attributes] must be a table of name = [values]")
+    for name, value in found.items():
+        where = f"{source}: [capabilities.attributes]: {name!r}"
+        _dotted_name_hint(where, value)
+        problem = _capability_name_problem(name, "attr", _ATTRIBUTE_NAME, STANDARD_ATTRIBUTES)
+        if problem:
+            raise ConfigError(f"{where} {problem}")
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_ATTRIBUTE_VALUES:
+            raise ConfigError(f"{where} must be a list of 1 to {MAX_ATTRIBUTE_VALUES} strings, got {value!r}")
+        bad = [v for v in values if not isinstance(v, str) or not _ATTRIBUTE_VALUE.fullmatch(v)]
+        if bad:
+            raise ConfigError(f"{where}: {bad[0]!r} is not a valid value (a letter or _ first, then letters, "
+                              "digits, _ or -; at most 100)")
+        attributes[name] = tuple(values)
+    for kind, names, standard in (("amounts", amounts, STANDARD_AMOUNTS),
+                                  ("attributes", attributes, STANDARD_ATTRIBUTES)):
+        total = set(names) | set(standard)
+        if len(total) > MAX_CAPABILITIES:
+            raise ConfigError(f"{source}: [capabilities.{kind}]: {len(total)} {kind} with the detected ones "
+                              f"({len(names)} configured); the service takes at most {MAX_CAPABILITIES}")
 
 
 def _convert(key: Key, value: Any, source: str, from_text: bool = False) -> Any:
@@ -352,12 +442,16 @@ def load(
     sources: dict[str, str] = {}
     files = list(config_files) if config_files is not None else [SYSTEM_CONFIG, LOCAL_CONFIG]
     files.append(home_config)
+    amounts: dict[str, float] = {}
+    attributes: dict[str, tuple[str, ...]] = {}
     for path in files:
         if config_files is not None and path in config_files and not path.exists():
             raise ConfigError(f"{path}: --config file does not exist")
         if not path.exists():
             continue
-        for name, value in read_toml(path).items():
+        table, capabilities = _read_tables(path)
+        _read_capabilities(capabilities, str(path), amounts, attributes)
+        for name, value in table.items():
             key = KEYS_BY_NAME.get(name)
             if key is None:
                 log.warning("%s: unknown key %r ignored (known keys: see worker.cfg.example)", path, name)
@@ -394,7 +488,8 @@ def load(
         values[name] = home / Path(values[name]).expanduser()
     if values["tls_ca_file"]:
         values["tls_ca_file"] = str(home / Path(values["tls_ca_file"]).expanduser())
-    return WorkerConfig(home=home, home_config=home_config, sources=sources, **values)
+    return WorkerConfig(home=home, home_config=home_config, sources=sources, capability_amounts=amounts,
+                        capability_attributes=attributes, **values)
 
 
 def require_manager(config: WorkerConfig, *, discovery: bool = False) -> None:

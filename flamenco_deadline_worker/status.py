@@ -102,6 +102,8 @@ def collect(config: WorkerConfig) -> dict[str, Any]:
         "last_task": saved.get("last_task"),
         # Deadline: why the worker drains (kind none, service, spot, rebalance or expedited), or None.
         "drain": saved.get("drain"),
+        # Deadline Cloud: the capabilities the worker sent in UpdateWorker (detected and configured).
+        "capabilities": saved.get("capabilities"),
         "tasks_run": saved.get("tasks_run"),
         "state_updated_at": saved.get("updated_at"),
         "backlog": read_backlog(config.task_update_queue_db),
@@ -159,6 +161,11 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"              ({backlog['note']})")
     if info.get("queue_problem"):
         lines.append(f"QUEUE PROBLEM: {info['queue_problem']}")
+    capabilities = info.get("capabilities")
+    if capabilities:
+        shown = [f"{n}={v:g}" for n, v in capabilities.get("amounts", {}).items()]
+        shown += [f"{n}={'|'.join(v)}" for n, v in capabilities.get("attributes", {}).items()]
+        lines.append(f"capabilities: {', '.join(shown)}")
     lines += [
         f"queue file:   {info['queue_db']}",
         f"agent log:    {info['logs']['agent']}",
@@ -249,8 +256,10 @@ def _flush_locked(args: argparse.Namespace, config: WorkerConfig) -> int:
     if info["backlog"]["count"] == 0:
         print(f"nothing to deliver: no update is queued in {config.task_update_queue_db}")
         return EXIT_OK
-    if info["backend"] != "flamenco":  # the backend the worker last ran with, e.g. --backend deadline
-        print(f"flamenco-worker flush: backend {info['backend']!r} is not supported yet; start the worker "
+    if info["backend"] == "deadline":  # the backend the worker last ran with (--backend deadline)
+        return _flush_deadline(config, args.timeout)
+    if info["backend"] != "flamenco":
+        print(f"flamenco-worker flush: backend {info['backend']!r} is not supported; start the worker "
               "instead, it delivers its backlog first.", file=sys.stderr)
         return EXIT_USAGE
     if not config.manager_url and info["service"]:
@@ -272,6 +281,17 @@ def _flush_locked(args: argparse.Namespace, config: WorkerConfig) -> int:
     except cfg.ConfigError as exc:  # e.g. a queue file that cannot be opened where it is
         print(f"flamenco-worker flush: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _flush_deadline(config: WorkerConfig, timeout: float) -> int:
+    """A Deadline worker's queue: statuses through UpdateWorkerSchedule, logs to CloudWatch."""
+    try:
+        from flamenco_deadline_worker.backends.deadline.flush import flush_deadline
+    except ImportError as exc:
+        print(f"flamenco-worker flush: the Deadline backend needs the 'deadline' extra (boto3): {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(flush_deadline(config, timeout))
 
 
 async def _flush(config: WorkerConfig, timeout: float) -> int:

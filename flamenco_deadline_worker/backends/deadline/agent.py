@@ -60,6 +60,7 @@ class DeadlineAgent:
         ledger_file: Path | None = None,
         delete_on_stop: bool = False,
         publisher: StatusPublisher | None = None,
+        retain_session_dirs: bool = False,
         run_jobs_as_agent_user: bool = False,
         agent_log: tuple[str, str] | None = None,
     ) -> None:
@@ -68,6 +69,7 @@ class DeadlineAgent:
         self.logs_dir = logs_dir
         self.session_root = session_root
         self.delete_on_stop = delete_on_stop
+        self.retain_session_dirs = retain_session_dirs
         self.schedule = Schedule(api, ids)
         self.sink = DeadlineSink(api, self.schedule, logs_dir)
         self.queue = TaskUpdateQueue(
@@ -262,6 +264,7 @@ class DeadlineAgent:
             env_vars=self.queue_creds.env,
             resumed=resumed,
             completed=lambda action_id: (session_id, action_id) in self._completed,
+            retain_dir=self.retain_session_dirs,
             job_users=self.job_users,
             s3_access=self.s3_access,
         )

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker import records
-from flamenco_deadline_worker.backends.deadline import agentlog, hostshutdown, imds, profile_guard, startup
+from flamenco_deadline_worker.backends.deadline import (
+    agentlog,
+    capabilities,
+    hostshutdown,
+    imds,
+    profile_guard,
+    startup,
+)
 from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, DeadlineAgent
 from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
 from flamenco_deadline_worker.backends.deadline.drain import NO_DRAIN, NoticeWatch
@@ -73,6 +80,7 @@ class DeadlineService:
             ledger_file=config.home / "deadline-sessions.json",
             delete_on_stop=config.deadline_delete_worker_on_stop,
             publisher=self.publisher,
+            retain_session_dirs=config.deadline_retain_session_dir,
             run_jobs_as_agent_user=config.deadline_run_jobs_as_agent_user,
             agent_log=agentlog.destination(self.progress.started_answer),
         )
@@ -134,11 +142,14 @@ class StartUp:
         self.ids: dict[str, str] = {}
         self.started_sent = False
         self.started_answer: dict[str, Any] | None = None  # UpdateWorker STARTED's (names the agent log stream)
+        self.capabilities: capabilities.Capabilities | None = None
 
     async def run(
         self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: StatusPublisher, service: str
     ) -> str:
-
+        self.step = "detecting the host's capabilities"
+        self.capabilities = await host_capabilities(config)
+        publisher.data["capabilities"] = self.capabilities.for_status()
         worker_id = startup.load_worker_id(state_file, config.farm_id, config.fleet_id)
         if worker_id is None:
             self.step = "CreateWorker"
@@ -154,5 +165,20 @@ class StartUp:
         publisher.waiting(self.step)
         await startup.assume_fleet_role(api, self.ids)
         self.started_sent = True
-        self.started_answer = await startup.set_started(api, self.ids)
+        self.started_answer = await startup.set_started(
+            api, self.ids, self.capabilities.for_update_worker_if_complete()
+        )
         return worker_id
+
+
+async def host_capabilities(config: WorkerConfig) -> capabilities.Capabilities:
+    """What this host has (detected in a thread: nvidia-smi may take seconds), with the
+    ``[capabilities]`` table of the configuration added over it."""
+    try:
+        detected = await asyncio.to_thread(capabilities.detect, config.session_root_dir)
+    except Exception:  # a bug or an odd host must not stop the worker: the configured ones still go
+        log.exception("detecting the host's capabilities failed; only the [capabilities] table is used")
+        detected = capabilities.Capabilities({}, {})
+    merged = detected.merged(config.capability_amounts, config.capability_attributes)
+    log.info("capabilities for the service: %s", capabilities.describe(merged))
+    return merged

@@ -62,6 +62,7 @@ class SessionRunner:
         cancel_grace: float = 30.0,
         resumed: bool = False,
         completed: Callable[[str], bool] = lambda action_id: False,
+        retain_dir: bool = False,
         job_users: JobUsers | None = None,
         s3_access: S3Access | None = None,
     ) -> None:
@@ -75,6 +76,7 @@ class SessionRunner:
         # Begun by an agent that died: nothing can run; ended actions keep their queued status.
         self.resumed = resumed
         self.completed = completed
+        self.retain_dir = retain_dir  # deadline_retain_session_dir: keep the working directory at the end
         self.job_users = job_users  # None: the agent's own user, whatever the job says
         # Known once the session exists (for job attachments too): its job user and path-mapping rules.
         self.job_user: JobUser | None = None
@@ -169,8 +171,15 @@ class SessionRunner:
                 await asyncio.to_thread(ojd.cleanup)
             except Exception:
                 log.exception("session %s: cleaning up its working directory failed", self.id)
+            if self.retain_dir:
+                log.info("session %s: its working directory %s is kept (deadline_retain_session_dir)",
+                         self.id, ojd.working_directory)
         if self.attachments is not None:
-            await asyncio.to_thread(self.attachments.cleanup)
+            if self.retain_dir:  # kept with the working directory, as the AWS agent keeps both
+                log.info("session %s: its job attachments directory %s is kept (deadline_retain_session_dir)",
+                         self.id, self.attachments.directory)
+            else:
+                await asyncio.to_thread(self.attachments.cleanup)
 
     def _cancel_running(self, grace: float) -> None:
         if self._ojd is None:
@@ -285,7 +294,7 @@ class SessionRunner:
     async def _execute(self, action: Action) -> ActionStatus:
         ojd = await self._session()
         self._done = self._loop.create_future()
-        env = self.env_vars()
+        env = {**self.env_vars(), **self.deadline_environment(action)}
         if action.kind == "envEnter":
             env_id = action.body["environmentId"]
             environment = await self.entities.environment(env_id)
@@ -328,11 +337,31 @@ class SessionRunner:
                     job_parameter_values=values,
                     callback=self._callback,
                     session_root_directory=self.root_dir,
+                    retain_working_dir=self.retain_dir,
                     user=user,
                     path_mapping_rules=(rules + (self.attachments.rules if self.attachments else [])) or None,
                 )
             )
         return self._ojd
+
+    def deadline_environment(self, action: Action) -> dict[str, str]:
+        """The DEADLINE_* variables an action's processes see, with the AWS agent's names and meanings:
+        the session's ids for every action, the step and task for a taskRun."""
+        ids = self.entities.ids
+        env = {
+            "DEADLINE_FARM_ID": str(ids.get("farmId", "")),
+            "DEADLINE_FLEET_ID": str(ids.get("fleetId", "")),
+            "DEADLINE_WORKER_ID": str(ids.get("workerId", "")),
+            "DEADLINE_QUEUE_ID": self.queue_id,
+            "DEADLINE_JOB_ID": self.entities.job_id,
+            "DEADLINE_SESSION_ID": self.id,
+            "DEADLINE_SESSIONACTION_ID": action.id,
+        }
+        if action.kind == "taskRun":
+            env["DEADLINE_STEP_ID"] = str(action.body["stepId"])
+            if action.body.get("taskId"):
+                env["DEADLINE_TASK_ID"] = str(action.body["taskId"])
+        return env
 
     async def _user_and_rules(self, job: dict[str, Any]) -> tuple[PosixSessionUser | None, list[PathMappingRule]]:
         """The job user the actions run as (checked on this host; None: the agent's user) and the

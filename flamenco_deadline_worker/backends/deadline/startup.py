@@ -91,12 +91,19 @@ async def assume_fleet_role(api: DeadlineApi, ids: dict[str, Any]) -> None:
     api.use_fleet_credentials(answer["credentials"])
 
 
-async def set_started(api: DeadlineApi, ids: dict[str, Any]) -> dict[str, Any]:
-    """UpdateWorker STARTED; its answer (the agent log's CloudWatch stream is in ``log``)."""
+async def set_started(
+    api: DeadlineApi, ids: dict[str, Any], capabilities: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """UpdateWorker STARTED, with the host's ``capabilities`` (WorkerCapabilities) when given (the
+    service keeps the last ones sent, so a later STARTED without them leaves them as they are); its
+    answer (the agent log's CloudWatch stream is in ``log``)."""
+    extra: dict[str, Any] = {"capabilities": capabilities} if capabilities else {}
     delay = 0.5
     while True:
         try:
-            return await api.call_retrying("update_worker", **ids, status="STARTED", hostProperties=host_properties())
+            return await api.call_retrying(
+                "update_worker", **ids, status="STARTED", hostProperties=host_properties(), **extra
+            )
         except ApiError as exc:
             if (
                 exc.code == "ConflictException"

@@ -33,6 +33,9 @@ class Step:
     dependencies: list[str]
     environments: list[tuple[str, dict[str, Any]]]  # (environment id, environment template)
     tasks: list[Task]
+    # The step's OpenJD hostRequirements with parameters resolved: {"amounts": [{"name", "min", "max"}],
+    # "attributes": [{"name", "anyOf" or "allOf"}]}; None when it has none.
+    host_requirements: dict[str, Any] | None = None
 
 
 @attrs.define
@@ -108,7 +111,9 @@ def make_job(
             tasks.append(Task(id=f"task-{step_id[5:]}-0", step_id=step_id, parameters={}))
         envs = [(f"STEP:{step_id}:{e['name']}", dict(e)) for e in raw.get("stepEnvironments", [])]
         deps = [str(d["dependsOn"]) for d in raw.get("dependencies", [])]
-        steps.append(Step(step_id, raw["name"], dict(raw), deps, envs, tasks))
+        requirements = expanded_step.hostRequirements
+        resolved = requirements.model_dump(exclude_none=True, mode="json") if requirements is not None else None
+        steps.append(Step(step_id, raw["name"], dict(raw), deps, envs, tasks, resolved))
     for one in steps:
         one.dependencies = [names_to_ids[name] for name in one.dependencies]
     job_envs = [(f"JOB:{job_id}:{e['name']}", dict(e)) for e in template.get("jobEnvironments", [])]

@@ -23,7 +23,8 @@ from typing import Any
 
 import attrs
 
-from flamenco_deadline_worker.testing.deadline_emulator.job import Job, Task, new_id
+from flamenco_deadline_worker.testing.deadline_emulator.hostmatch import unmet
+from flamenco_deadline_worker.testing.deadline_emulator.job import Job, Step, Task, new_id
 from flamenco_deadline_worker.testing.deadline_emulator.profiles import AGENT_USER, StorageProfile, path_mapping_rules
 
 COMPLETED = ("SUCCEEDED", "FAILED", "INTERRUPTED", "CANCELED", "NEVER_ATTEMPTED")
@@ -98,6 +99,7 @@ class Worker:
     id: str
     status: str = "CREATED"
     host: dict[str, Any] = attrs.field(factory=dict)
+    capabilities: dict[str, Any] | None = None  # the last WorkerCapabilities UpdateWorker sent
     stop_requested: bool = False
     fleet_key: str = ""
     statuses: list[str] = attrs.field(factory=list)
@@ -175,6 +177,15 @@ class ServiceState:
                 if not later.done and (later is action or later.kind != "envExit"):
                     later.canceled = True
             session.wound_down = True
+
+    def stop_responding(self, worker_id: str) -> None:
+        """As the service does when a worker has not called for too long: NOT_RESPONDING, its
+        sessions ended and their tasks given out again."""
+        with self.lock:
+            worker = self.workers[worker_id]
+            self._release_work(worker)
+            worker.status = "NOT_RESPONDING"
+            worker.statuses.append(worker.status)
 
     def request_stop(self, worker_id: str) -> None:
         with self.lock:
@@ -256,11 +267,16 @@ class ServiceState:
                 raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
             # STARTED again while holding sessions is an agent restarting after a crash: allowed
             # (the protocol's start-up workflow); what it then reports for them is checked as usual.
+        elif status == "STOPPING" and worker.status not in ("STARTED", "STOPPING"):
+            # The protocol's regular drain: a 409 here means the worker is not online in the service.
+            raise conflict("STATUS_CONFLICT", worker.id, "worker", worker.status)
         elif status == "STOPPED":
             self._release_work(worker)
         if status:
             worker.status = status
             worker.statuses.append(status)
+        if params.get("capabilities"):
+            worker.capabilities = params["capabilities"]
         group = f"/aws/deadline/{self.options.farm_id}/{self.options.fleet_id}"
         return {"log": {"logDriver": "awslogs", "options": {"logGroupName": group, "logStreamName": worker.id}}}
 
@@ -299,7 +315,7 @@ class ServiceState:
         sessions = self._open_sessions(worker)
         for session in sessions:
             self._extend(session, worker)
-        if not sessions and worker.status == "STARTED" and not worker.stop_requested and self._has_work():
+        if not sessions and worker.status == "STARTED" and not worker.stop_requested and self._has_work(worker):
             session = Session(new_id("session"), worker.id, self.job)
             self.sessions[session.id] = session
             self.log_streams[(self.job.log_group, session.log_stream)] = []
@@ -406,8 +422,22 @@ class ServiceState:
             worker.unconfirmed.update(worker.accepted_in_call)
         worker.accepted_in_call = {}
 
-    def _has_work(self) -> bool:
-        return any(t.status == "READY" and self.job.step_ready(self.job.step(t.step_id)) for t in self.job.all_tasks())
+    def _has_work(self, worker: Worker | None = None) -> bool:
+        """A READY task of a step whose dependencies are done (and, for ``worker``, whose host
+        requirements it meets)."""
+        return any(self._may_run(s, worker) and any(t.status == "READY" for t in s.tasks) for s in self.job.steps)
+
+    def _may_run(self, step: Step, worker: Worker | None) -> bool:
+        """The service assigns a step's tasks only to a worker whose capabilities meet its host requirements."""
+        fits = worker is None or not unmet(worker.capabilities, step.host_requirements)
+        return fits and self.job.step_ready(step)
+
+    def unmet_requirements(self, worker_id: str) -> dict[str, list[str]]:
+        """For tests: per step name, what of its host requirements the worker does not meet."""
+        with self.lock:
+            worker = self.workers[worker_id]
+            found = {s.name: unmet(worker.capabilities, s.host_requirements) for s in self.job.steps}
+            return {name: problems for name, problems in found.items() if problems}
 
     def _add(self, session: Session, kind: str, definition: dict[str, Any], **kw: Any) -> None:
         action = Action(
@@ -450,7 +480,8 @@ class ServiceState:
                 if open_tasks or any(a.kind == "taskRun" and not a.done for a in session.actions):
                     return  # finish this step's tasks before moving on
                 nxt = next(
-                    (s for s in job.steps if job.step_ready(s) and any(t.status == "READY" for t in s.tasks)), None
+                    (s for s in job.steps if self._may_run(s, worker) and any(t.status == "READY" for t in s.tasks)),
+                    None,
                 )
                 if nxt is None:
                     self._exit_envs(session, 0)
