@@ -14,9 +14,12 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import attrs
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,11 @@ class ImdsClient:
     """
 
     def __init__(self, endpoint: str, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        # aiohttp only where IMDS is used: it is several MiB the Deadline agent otherwise never loads.
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._errors = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
         self.endpoint = endpoint
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -94,7 +102,7 @@ class ImdsClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             # trust_env off: an HTTP(S)_PROXY must never carry metadata requests off the host.
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+            self._session = self._aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
         return self._session
 
     async def _fresh_token(self) -> str | None:
@@ -107,7 +115,7 @@ class ImdsClient:
                     log.debug("IMDS token request answered %d", resp.status)
                     return None
                 self._token = (await resp.text()).strip()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except self._errors as exc:
             log.debug("IMDS token request failed: %s", exc)
             return None
         self._token_until = time.monotonic() + TOKEN_TTL_SECONDS * 0.8
@@ -123,7 +131,7 @@ class ImdsClient:
             try:
                 async with self._http().get(url, headers={"X-aws-ec2-metadata-token": token}) as resp:
                     answer = Answer(resp.status, await resp.text())
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except self._errors as exc:
                 log.debug("IMDS GET %s failed: %s", path, exc)
                 return None
             if answer.status != 401:
