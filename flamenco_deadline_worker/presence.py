@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE_NAME = "flamenco-worker.state.json"
 METRICS_INTERVAL_SECONDS = 60.0
+STATE_WRITE_DELAY_SECONDS = 1.0
 
 
 def state_file(config: WorkerConfig) -> Path:
@@ -82,6 +83,7 @@ class StatusPublisher:
         }
         self._ready = False
         self._stopping = False
+        self._write_due: asyncio.TimerHandle | None = None
         self.exit_code: int | None = None
         # Extra figures for the Metrics records (e.g. the update queue's backlog), set by the owner.
         self.metrics_source: Callable[[], dict[str, Any]] | None = None
@@ -177,6 +179,17 @@ class StatusPublisher:
         self.data["last_task"] = {"id": task_id, "job_id": job_id, "outcome": outcome, "ended_at": time.time()}
         self._write()
         self.notifier.status(self._systemd_status())
+
+    def soon(self) -> None:
+        """``data`` changed in a way that may wait a moment (counters): the state file is written
+        within a second, once, however many changes come meanwhile (an fsynced write per short task
+        would slow every task down)."""
+        if self._write_due is None:
+            self._write_due = asyncio.get_running_loop().call_later(STATE_WRITE_DELAY_SECONDS, self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_due = None
+        self._write()
 
     def note(self, key: str, value: Any) -> None:
         """Show ``value`` as ``key`` in the state file (e.g. the Deadline drain state), written now."""

@@ -186,6 +186,31 @@ def test_notify_status_records_and_queue_credentials_without_secrets_in_logs(
     assert emu.read(lambda s: list(s.violations)) == []
 
 
+def test_status_counts_finished_tasks_while_the_session_still_runs(run: Any, tmp_path: Path) -> None:
+    """The state file is written a moment after each task (not per task, not only when the state
+    changes): status shows 2 tasks run while the third, in the same session, still runs."""
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\n"
+        f"while sys.argv[1] == '3' and not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.05)\n"
+    )
+    emu, agent = run(simple_template(3, (sys.executable, "-c", script, "{{Task.Param.N}}")))
+    agent.until(
+        lambda s: sorted(a.status for a in s.actions.values() if a.kind == "taskRun")
+        == ["RUNNING", "SUCCEEDED", "SUCCEEDED"],
+        120, "two tasks SUCCEEDED and the third RUNNING",
+    )
+    # Due within a second; 20 s is slack for a loaded machine, yet short of the 60 s metrics write.
+    info = wait(lambda: (i := status_json(agent.home)).get("tasks_run") == 2 and i, 20,
+                "status --json counting 2 tasks while the third runs")
+    assert info["state"] == "working" and info["last_task"]["outcome"] == "succeeded", info
+    go.touch()
+    agent.until(all_tasks("SUCCEEDED"), 180, "3 tasks SUCCEEDED")
+    assert agent.stop() == 0, agent.output()[-3000:]
+    assert status_json(agent.home)["tasks_run"] == 3
+
+
 def test_create_worker_retried_through_throttling_500_and_a_fleet_being_created(run: Any) -> None:
     faults = Faults(
         scripted=[

@@ -139,6 +139,7 @@ class DeadlineAgent:
                 "id": action_id, "job_id": session.entities.job_id, "session_id": session.id,
                 "outcome": status.lower(), "ended_at": time.time(),
             }
+            self.publisher.soon()
 
     # ---- the main loop -------------------------------------------------------------------
 
