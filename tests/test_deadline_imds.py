@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("boto3")
 
-from flamenco_deadline_worker.backends.deadline import hostshutdown, imds, profile_guard  # noqa: E402
+from flamenco_deadline_worker.backends.deadline import drain, hostshutdown, imds, profile_guard  # noqa: E402
 from flamenco_deadline_worker.backends.deadline.drain import (  # noqa: E402
     Drain,
     NoticeWatch,
@@ -62,18 +62,25 @@ def test_notices_are_read_as_imds_writes_them() -> None:
     assert Drain("spot", deadline=time.time() + 5).urgent(spot)
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Until ``predicate`` holds (the watch polls IMDS on its own timer, so this looks every 20 ms)."""
+    async def loop() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
 async def test_the_watch_hands_over_a_rebalance_then_a_spot_interruption(standin: ImdsStandIn) -> None:
     client = imds.ImdsClient(standin.url)
     seen: list[Drain] = []
     watch = asyncio.ensure_future(NoticeWatch(client, seen.append, interval=0.05).run())
     try:
-        await asyncio.sleep(0.3)
+        # Quiet IMDS: several rounds of polls (both notices asked), and nothing handed over.
+        await until(lambda: standin.paths_asked().count(f"/latest/meta-data/{drain.SPOT_PATH}") >= 3)
         assert seen == []
         standin.rebalance_recommendation()
-        for _ in range(200):
-            if seen:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: bool(seen))
         standin.spot_interruption(time.time() + 120)
         await asyncio.wait_for(watch, 30)  # it ends once the spot notice is handed over
     finally:

@@ -178,9 +178,9 @@ class TaskUpdateQueue:
 
     def put_soon(self, update: Update) -> None:
         """Queue ``update`` without waiting for its commit: it is committed with the buffered log
-        text, in order, within ``log_commit_interval`` (or with an earlier ``put``).  For what a crash may lose
-        without harm, such as an action's start or progress, which a restart reports anew; a
-        completion uses ``put``."""
+        text, in order, within ``log_commit_interval`` (or with an earlier ``put``).  For what a
+        crash may lose without harm, such as an action's start or progress, which a restart reports
+        anew; a completion uses ``put``."""
         if update.task_id in self._gone:
             return
         self._pending.append((update.task_id, update))
