@@ -15,6 +15,7 @@ import json
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -85,9 +86,37 @@ class PrivateFileHandler(logging.FileHandler):
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A RotatingFileHandler whose files (the rotated-in ones too) are 0600 when it creates them."""
 
+    _regular = True  # whether the open file is a regular one (only those rotate)
+
     def _open(self):  # type: ignore[no-untyped-def]
-        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
-                    opener=private.opener)
+        stream = open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                      opener=private.opener)
+        self._regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        return stream
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """Rotate once the file has reached maxBytes.  The stdlib's check formats every record a
+        second time and stats the file twice per record; a Deadline agent logs two records per
+        action, so that showed in its tasks per second.  The file may pass maxBytes by one record."""
+        if self.stream is None:
+            self.stream = self._open()
+        return self.maxBytes > 0 and self._regular and self.stream.tell() >= self.maxBytes
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT lines.  A record goes to up to three handlers (stderr, the file, CloudWatch) with
+    the same format: it is formatted once and the text kept on the record for the others."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached = record.__dict__.get("_text_line")
+        if cached is None or cached[0] != record.getMessage() or cached[2] != record.exc_text:
+            text = super().format(record)
+            cached = (record.message, text, record.exc_text)
+            record.__dict__["_text_line"] = cached
+        return str(cached[1])
 
 
 class JsonFormatter(logging.Formatter):
@@ -201,7 +230,7 @@ def setup(
     _active_redact = redact
 
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(JournalFormatter() if under_journal() else logging.Formatter(TEXT_FORMAT))
+    stderr.setFormatter(JournalFormatter() if under_journal() else TextFormatter())
     stderr.addFilter(redact)
     root.addHandler(stderr)
 
@@ -212,7 +241,7 @@ def setup(
     elif bootstrap and logs_dir is not None:
         private.make_dirs(logs_dir)
         boot = PrivateFileHandler(logs_dir / BOOTSTRAP_LOG_NAME, mode="w", encoding="utf-8")
-        boot.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
+        boot.setFormatter(JsonFormatter() if structured else TextFormatter())
         boot.addFilter(redact)
         for record in buffered:
             if record.levelno >= root.level and redact.filter(record):
@@ -226,7 +255,7 @@ def setup(
         file_handler = PrivateRotatingFileHandler(
             logs_dir / AGENT_LOG_NAME, maxBytes=20 * 1024 * 1024, backupCount=5, encoding="utf-8"
         )
-        file_handler.setFormatter(JsonFormatter() if structured else logging.Formatter(TEXT_FORMAT))
+        file_handler.setFormatter(JsonFormatter() if structured else TextFormatter())
         file_handler.addFilter(redact)
         root.addHandler(file_handler)
         _opened.append(file_handler)

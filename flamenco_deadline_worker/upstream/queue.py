@@ -123,6 +123,10 @@ class TaskUpdateQueue:
         self._keys_in_flight: set[str] = set()  # one call per batch key at a time
         self._running: set[asyncio.Future[None]] = set()
         self._ghosts: set[int] = set()  # delivered rows the store failed to delete
+        # Domains holding only log text that waits to grow: domain -> (when it is due, its bytes).
+        # The drain passes them by without reading their rows again until then, or until more
+        # than log text, or enough text, is inserted for them (_insert keeps this up to date).
+        self._parked: dict[str, tuple[float, int]] = {}
         self.delivery_calls = 0
         self._outage_since: float | None = None
         self._stored_bytes = 0
@@ -212,7 +216,7 @@ class TaskUpdateQueue:
                 return
             async with self._write_lock:
                 try:
-                    await self._commit_pending(self._row(update))
+                    await self._commit_pending(update)
                     return
                 except (sqlite3.Error, OSError) as exc:
                     self._commit_failed(exc)
@@ -259,15 +263,18 @@ class TaskUpdateQueue:
         elif self._pending:
             self._schedule_commit(0.0 if self._pending_bytes >= PENDING_FLUSH_BYTES else self.log_commit_interval)
 
-    async def _commit_pending(self, last: tuple[str, float, int, str] | None) -> None:
+    async def _commit_pending(self, last: Update | None) -> None:
         """Commit the buffered text (and ``last``) in one transaction; the text leaves memory only
         once committed, so a failed commit loses nothing.  Raises what the store raises."""
         count = len(self._pending)
         rows, nbytes = self._take_pending_rows(count)
+        urgent = {task_id for task_id, item in self._pending[:count] if isinstance(item, Update) and not item.log_only}
         if last is not None:
-            rows.append(last)
+            rows.append(self._row(last))
+            if not last.log_only:
+                urgent.add(last.task_id)
         if rows:
-            await self._insert(rows)
+            await self._insert(rows, urgent)
         del self._pending[:count]
         self._pending_bytes -= nbytes
         if self._pending_bytes < self.pending_max_bytes:
@@ -366,13 +373,21 @@ class TaskUpdateQueue:
         payload = json.dumps(update.to_json(), ensure_ascii=False)
         return (update.task_id, self.clock.time(), len(update.log) + UPDATE_ROW_BYTES, payload)
 
-    async def _insert(self, rows: list[tuple[str, float, int, str]]) -> None:
+    async def _insert(self, rows: list[tuple[str, float, int, str]], urgent: set[str]) -> None:
+        """Insert ``rows``; ``urgent`` names the domains among them given more than log text."""
         rows = [r for r in rows if r[0] not in self._gone]
         if not rows:
             return
         await self.store.insert(rows)
         self._stored_bytes += sum(r[2] for r in rows)
         self._rows_per_task.update(r[0] for r in rows)
+        for task_id, _, nbytes, _ in rows:
+            parked = self._parked.get(task_id)
+            if parked is not None:
+                if task_id in urgent:
+                    del self._parked[task_id]
+                else:
+                    self._parked[task_id] = (parked[0], parked[1] + nbytes)
         self._changed.set()
         self._new_rows.set()
 
@@ -478,6 +493,11 @@ class TaskUpdateQueue:
             if retry_at > now_mono:
                 wait = min(wait, retry_at - now_mono)
                 continue
+            parked = self._parked.pop(task_id, None)
+            if parked is not None and now < parked[0] and parked[1] < self._limit(task_id):
+                self._parked[task_id] = parked
+                wait = min(wait, parked[0] - now)
+                continue
             rows = [r for r in await self.store.rows_of(task_id, limit=ROWS_PER_HEAD) if r.id not in self._ghosts]
             built = batching.build(
                 task_id, rows, max_bytes=self._limit(task_id), max_lines=self.sink_max_lines
@@ -488,6 +508,7 @@ class TaskUpdateQueue:
                 continue
             due = built.oldest + self.push_log_max_interval
             if not (built.urgent or built.nbytes >= self._limit(task_id) or now >= due):
+                self._parked[task_id] = (due, built.nbytes)
                 wait = min(wait, due - now)
                 continue
             ready.append(built)
@@ -617,6 +638,7 @@ class TaskUpdateQueue:
         self._changed.set()
 
     def _forget_rows(self, task_id: str, count: int | None = None) -> None:
+        self._parked.pop(task_id, None)
         left = 0 if count is None else self._rows_per_task[task_id] - count
         if left > 0:
             self._rows_per_task[task_id] = left

@@ -47,7 +47,7 @@ class AgentLogShipper(logging.Handler):
         self._lock = threading.Lock()
         root = logging.getLogger()
         # Lines as the agent log file has them, secrets redacted by the same filter.
-        self.setFormatter(logging.Formatter(logs.TEXT_FORMAT))
+        self.setFormatter(logs.TextFormatter())
         for handler in root.handlers:
             if getattr(handler, "baseFilename", "").endswith(logs.AGENT_LOG_NAME) and handler.formatter is not None:
                 self.setFormatter(handler.formatter)

@@ -475,6 +475,8 @@ class SessionRunner:
 
     def _callback(self, session_id: str, status: ActionStatus) -> None:
         """From openjd's threads: progress while running, the final status at the end."""
+        if status.state == ActionState.RUNNING and status.progress is None and not status.status_message:
+            return  # "it started" says nothing the loop needs: spare it a wake-up
         try:
             self._loop.call_soon_threadsafe(self._on_status, status)
         except RuntimeError:  # the event loop is gone: the agent is exiting
@@ -496,7 +498,8 @@ class SessionRunner:
 
 
 def _parse_iso(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    # fromisoformat is C code (strptime is not); Python 3.10's does not take the "Z".
+    return dt.datetime.fromisoformat(text[:-1] if text.endswith("Z") else text)
 
 
 def _what(action: Action) -> dict[str, Any]:
