@@ -88,7 +88,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
     _regular = True  # whether the open file is a regular one (only those rotate)
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> Any:
         stream = open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
                       opener=private.opener)
         self._regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)

@@ -263,3 +263,56 @@ async def test_an_update_put_soon_alone_is_committed_and_delivered(tmp_path: Pat
     await backend.until(lambda: [u.extra for u in backend.delivered] == [{"startedAt": "t0"}])
     drain.cancel()
     await queue.close()
+
+
+async def test_log_text_waiting_to_grow_is_not_read_again_until_more_than_text_comes(tmp_path: Path) -> None:
+    """A Deadline agent commits many times a second.  A domain that holds only log text waiting to
+    grow is passed by without its rows being read again (reading and parsing them on every commit
+    was a third of the agent's loop); enough text, or a status, sends it at once."""
+    backend, clock = FakeBackend(), FakeClock()
+    queue = await started(tmp_path, backend, clock, push_log_max_interval=60.0, push_log_max_bytes=1000)
+    passes: list[int] = []
+    reads: list[str] = []
+    real_heads, real_rows_of = queue.store.heads, queue.store.rows_of
+
+    async def heads(limit: int = 200) -> list[tuple[str, int]]:
+        passes.append(1)
+        return await real_heads(limit)
+
+    async def rows_of(task_id: str, limit: int) -> list[Row]:
+        reads.append(task_id)
+        return await real_rows_of(task_id, limit)
+
+    queue.store.heads = heads  # type: ignore[method-assign]
+    queue.store.rows_of = rows_of  # type: ignore[method-assign]
+    drain = asyncio.ensure_future(queue.run_drain())
+
+    async def after_pass(before: int) -> None:
+        async def loop() -> None:
+            while len(passes) <= before or not clock.sleepers:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(loop(), 30)
+
+    async def commit(text: str) -> None:
+        before = len(passes)
+        queue.put_log("t", text)
+        await queue.commit_logs()
+        await after_pass(before)
+
+    await after_pass(0)
+    await commit("first\n")
+    assert reads == ["t"]
+    for n in range(5):
+        await commit(f"more {n}\n")
+    assert reads == ["t"] and backend.delivered == []
+    await commit("x" * 1000 + "\n")  # now past push_log_max_bytes: read and sent
+    await backend.until(lambda: backend.log_of("t").startswith("first\nmore 0\n") and "x\n" in backend.log_of("t"))
+    assert reads == ["t", "t"]
+    await commit("waiting\n")
+    assert reads == ["t", "t", "t"] and "waiting" not in backend.log_of("t")
+    await queue.put(Update("t", status="done"))  # a status: everything goes at once
+    await backend.until(lambda: any(u.status == "done" for u in backend.delivered))
+    assert backend.log_of("t").endswith("x\nwaiting\n")
+    drain.cancel()
+    await queue.close()
