@@ -316,3 +316,19 @@ async def test_log_text_waiting_to_grow_is_not_read_again_until_more_than_text_c
     assert backend.log_of("t").endswith("x\nwaiting\n")
     drain.cancel()
     await queue.close()
+
+
+async def test_a_cancel_landing_as_the_drain_is_woken_stops_it() -> None:
+    """The drain waits with SystemClock.wait.  On Python 3.11 asyncio.wait_for drops a cancel that
+    lands in the same turn as the event it waits for, and the drain then slept on for an hour while
+    the agent's shutdown waited for it (seen as a hung full-disk test)."""
+    from flamenco_deadline_worker.core.clock import SystemClock
+
+    for _ in range(20):
+        event = asyncio.Event()
+        waiting = asyncio.ensure_future(SystemClock().wait(event, 3600.0))
+        await asyncio.sleep(0)  # one turn: the wait has begun
+        event.set()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 30)

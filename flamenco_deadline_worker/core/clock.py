@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -30,8 +29,13 @@ class SystemClock:
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         if event.is_set():
             return True
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        # Not asyncio.wait_for: on Python 3.11 it loses a cancel that lands as the event is set (the
+        # drain then slept on through the agent's shutdown).  asyncio.wait lets a cancel through.
+        setter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait([setter], timeout=max(0.0, timeout))
+        finally:
+            setter.cancel()
         return event.is_set()
 
 

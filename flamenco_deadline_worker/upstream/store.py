@@ -296,13 +296,12 @@ class UpdateStore:
     async def heads(self, limit: int = 200) -> list[tuple[str, int]]:
         """The oldest row id of each task with updates, oldest first."""
         sql = "SELECT task_id, MIN(id) AS first FROM updates GROUP BY task_id ORDER BY first LIMIT ?"
-        async with self.db.execute(sql, (limit,)) as cur:
-            return [(str(r[0]), int(r[1])) for r in await cur.fetchall()]
+        # execute_fetchall: one trip to SQLite's thread (execute, fetch and close are three).
+        return [(str(r[0]), int(r[1])) for r in await self.db.execute_fetchall(sql, (limit,))]
 
     async def rows_of(self, task_id: str, limit: int) -> list[Row]:
         sql = "SELECT id, task_id, created, nbytes, payload FROM updates WHERE task_id = ? ORDER BY id LIMIT ?"
-        async with self.db.execute(sql, (task_id, limit)) as cur:
-            return [Row(*r) for r in await cur.fetchall()]
+        return [Row(*r) for r in await self.db.execute_fetchall(sql, (task_id, limit))]
 
     async def delete_ids(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -348,9 +347,8 @@ class UpdateStore:
         statement of this connection is being read).  A queue that never empties keeps its pages
         for reuse, which costs nothing."""
         db = self.db
-        async with db.execute("SELECT EXISTS (SELECT 1 FROM updates)") as cur:
-            row = await cur.fetchone()
-        if row is None or row[0]:
+        rows = list(await db.execute_fetchall("SELECT EXISTS (SELECT 1 FROM updates)"))
+        if not rows or rows[0][0]:
             return 0
         free = await self._pragma_int("freelist_count") * await self._pragma_int("page_size")
         wal = Path(f"{self.path}-wal")
@@ -379,9 +377,8 @@ class UpdateStore:
         return given
 
     async def _pragma_int(self, name: str) -> int:
-        async with self.db.execute(f"PRAGMA {name}") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = list(await self.db.execute_fetchall(f"PRAGMA {name}"))
+        return int(rows[0][0]) if rows else 0
 
     def _size_on_disk(self) -> int:
         total = 0
@@ -393,13 +390,12 @@ class UpdateStore:
         return total
 
     async def row_counts(self) -> dict[str, int]:
-        async with self.db.execute("SELECT task_id, COUNT(*) FROM updates GROUP BY task_id") as cur:
-            return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+        rows = await self.db.execute_fetchall("SELECT task_id, COUNT(*) FROM updates GROUP BY task_id")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def backlog(self) -> Backlog:
         sql = "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), MIN(created) FROM updates"
-        async with self.db.execute(sql) as cur:
-            row: Any = await cur.fetchone()
+        row: Any = list(await self.db.execute_fetchall(sql))[0]
         return Backlog(int(row[0]), int(row[1]), row[2])
 
     async def consume(self, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
@@ -412,6 +408,10 @@ class UpdateStore:
         self._reclaim_soon()
 
     async def _consume(self, db: aiosqlite.Connection, ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        if rest is None:  # one statement is its own transaction: one trip to SQLite's thread
+            marks = ",".join("?" * len(ids))
+            await db.execute(f"DELETE FROM updates WHERE id IN ({marks})", tuple(ids))
+            return
         await db.execute("BEGIN")
         try:
             if ids:
