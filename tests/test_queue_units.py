@@ -332,3 +332,29 @@ async def test_a_cancel_landing_as_the_drain_is_woken_stops_it() -> None:
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiting, 30)
+
+
+async def test_the_next_call_does_not_wait_for_the_delivered_rows_to_be_deleted(tmp_path: Path) -> None:
+    """A Deadline worker's UpdateWorkerSchedule rounds: once a call delivered its updates, the next
+    goes without waiting for their rows' deletion (a commit to disk), and sends none of them again."""
+    backend, clock = FakeBackend(together=True), FakeClock()
+    queue = await started(tmp_path, backend, clock)
+    deleting = asyncio.Event()
+    real_consume = queue.store.consume
+
+    async def slow_consume(ids: Sequence[int], rest: tuple[int, str, int] | None) -> None:
+        await deleting.wait()
+        await real_consume(ids, rest)
+
+    queue.store.consume = slow_consume  # type: ignore[method-assign]
+    drain = asyncio.ensure_future(queue.run_drain())
+    await queue.put(Update("s", action_id="a1", status="SUCCEEDED"))
+    await backend.until(lambda: len(backend.calls) == 1)
+    await queue.put(Update("s", action_id="a2", status="SUCCEEDED"))
+    await backend.until(lambda: len(backend.calls) == 2)  # while the first rows are still being deleted
+    assert [u.action_id for u in backend.delivered] == ["a1", "a2"]
+    deleting.set()
+    await asyncio.wait_for(queue.flush(30), 60)
+    assert [u.action_id for u in backend.delivered] == ["a1", "a2"] and (await queue.backlog()).count == 0
+    drain.cancel()
+    await queue.close()
