@@ -144,3 +144,44 @@ def test_journal_lines_have_priority_and_no_timestamp(tmp_path: Path) -> None:
     # JOURNAL_STREAM naming another stream (inherited by a child): ordinary timestamped lines.
     other = stderr_of(1)
     assert "WARNING probe: hello journal" in other and not other.startswith("<")
+
+
+def test_the_agent_log_rotates_at_its_size_and_each_record_reads_the_same_everywhere(tmp_path: Path) -> None:
+    """The agent log's own rotation check (size only, no second format or stat per record) still
+    rotates near maxBytes into private files; a record sent to two text handlers reads the same in both,
+    redacted, though it is formatted once."""
+    import os
+    import stat
+
+    from flamenco_deadline_worker.logs import PrivateRotatingFileHandler, TextFormatter
+
+    path = tmp_path / "worker-agent.log"
+    handler = PrivateRotatingFileHandler(path, maxBytes=2000, backupCount=2, encoding="utf-8")
+    handler.setFormatter(TextFormatter())
+    redact = RedactSecrets(["hunter2"])
+    handler.addFilter(redact)
+    second = logging.StreamHandler(open(tmp_path / "stderr.txt", "w", encoding="utf-8"))  # noqa: SIM115
+    second.setFormatter(TextFormatter())
+    second.addFilter(redact)
+    logger = logging.getLogger("test.rotation")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.addHandler(second)
+    try:
+        for n in range(100):
+            logger.info("record %03d with the password hunter2 %s", n, "x" * 40)
+    finally:
+        logger.removeHandler(handler)
+        logger.removeHandler(second)
+        handler.close()
+        second.close()
+    rotated = [tmp_path / "worker-agent.log.1", tmp_path / "worker-agent.log.2"]
+    assert all(p.exists() for p in rotated) and not (tmp_path / "worker-agent.log.3").exists()
+    for p in [path, *rotated]:
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
+        assert p.stat().st_size < 2000 + 200, (p, p.stat().st_size)  # at most one record past maxBytes
+    kept = "".join(p.read_text() for p in [*reversed(rotated), path]).splitlines()
+    assert kept[-1].endswith("record 099 with the password ******** " + "x" * 40)
+    assert "hunter2" not in "".join(kept)
+    assert (tmp_path / "stderr.txt").read_text().splitlines()[-len(kept):] == kept
