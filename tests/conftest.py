@@ -197,6 +197,18 @@ def open_home() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Any]:
+    """The Deadline agent starter of tests/deadline_agent.py (``run(template, ...)``: the emulator
+    serves the job, an agent runs it); everything started is stopped afterwards.  Imported here only
+    when asked for: it needs the ``deadline`` extra."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("openjd.sessions")
+    from deadline_agent import agent_runner
+
+    yield from agent_runner(tmp_path)
+
+
 # ---- worker processes ----------------------------------------------------------------------------
 
 

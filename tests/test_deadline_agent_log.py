@@ -3,26 +3,19 @@ durable queue, within PutLogEvents' limits, and loses nothing across an outage o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import DeadlineAgentProcess, Start, agent_runner  # noqa: E402
+from deadline_agent import DeadlineAgentProcess, Start  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import Options, ServiceState, simple_template  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 SHIPPING = "the agent log also goes to CloudWatch Logs"
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def succeeded(state: ServiceState) -> int:

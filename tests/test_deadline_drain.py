@@ -16,17 +16,12 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import DeadlineAgentProcess, Start, agent_runner  # noqa: E402
+from deadline_agent import DeadlineAgentProcess, Start  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import Options, ServiceState, simple_template  # noqa: E402
 from flamenco_deadline_worker.testing.imds_standin import ImdsStandIn  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 @pytest.fixture

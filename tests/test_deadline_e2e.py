@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
     Faults,
@@ -23,11 +21,6 @@ from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def all_tasks(status: str) -> Any:

@@ -8,23 +8,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import DeadlineAgentProcess, Start, agent_runner  # noqa: E402
+from deadline_agent import DeadlineAgentProcess, Start  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import DeadlineEmulator, simple_template  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def flush(emu: DeadlineEmulator, home: Path, *args: str) -> tuple[int, str]:

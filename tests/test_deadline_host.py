@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,12 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
+from deadline_agent import Start  # noqa: E402
 
 from flamenco_deadline_worker.backends.deadline import capabilities  # noqa: E402
 from flamenco_deadline_worker.testing.deadline_emulator import Options, simple_template  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def fake_nvidia_smi(directory: Path, body: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ handed over through a pipe.  Real CLI, real boto3, the emulator (which checks th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import simple_template  # noqa: E402
 
@@ -34,11 +32,6 @@ READ_AGENT_ENVIRON = (
     "print('AWS names', sorted(e.split(b'=')[0].decode() for e in env if e.startswith(b'AWS_')))\n"
     "print('holds key', any(b'bootstrap-secret' in e or b'AKIABOOTSTRAPEXAMPLE' in e for e in env))",
 )
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 @pytest.mark.parametrize("optimize", [True, False])

@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
+from deadline_agent import Start  # noqa: E402
 
 from flamenco_deadline_worker import cli  # noqa: E402
 from flamenco_deadline_worker.backends.deadline import jobuser  # noqa: E402
@@ -32,11 +32,6 @@ from flamenco_deadline_worker.testing.deadline_emulator import Options, simple_t
 from flamenco_deadline_worker.testing.deadline_emulator.profiles import AGENT_USER, queue_user  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def _needs_root_tools() -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import (  # noqa: E402
     Faults,
@@ -69,11 +68,6 @@ class Notifications:
 def requests_of(emu: Any, operation: str) -> list[int]:
     """The HTTP statuses the emulator answered ``operation`` with, in order."""
     return [status for _, op, status in list(emu.requests) if op == operation]
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -7,15 +7,13 @@ a PATH task parameter and a PATH job parameter arrive mapped, Windows sources on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import Start, agent_runner  # noqa: E402
+from deadline_agent import Start  # noqa: E402
 
 from flamenco_deadline_worker.backends.deadline import pathmap  # noqa: E402
 from flamenco_deadline_worker.testing.deadline_emulator import Options  # noqa: E402
@@ -80,11 +78,6 @@ def test_the_emulator_derives_rules_from_the_two_storage_profiles() -> None:
 
 
 # ---- end to end ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def mapped_job() -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 pytest.importorskip("boto3")
 pytest.importorskip("openjd.sessions")
-from deadline_agent import DeadlineAgentProcess, Start, agent_runner  # noqa: E402
+from deadline_agent import DeadlineAgentProcess  # noqa: E402
 
 from flamenco_deadline_worker.testing.deadline_emulator import Options, simple_template  # noqa: E402
 
@@ -23,11 +22,6 @@ pytestmark = pytest.mark.slow
 
 TASKS = 12
 LINES = 40
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Start]:
-    yield from agent_runner(tmp_path)
 
 
 def runs_of(path: Path) -> list[int]:

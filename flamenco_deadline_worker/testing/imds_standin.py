@@ -8,24 +8,26 @@ an instance profile (``iam/info``, ``iam/security-credentials/<role>``).  Unset:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import secrets
 import threading
 import time
-from typing import Any
 
 from aiohttp import web
+
+from flamenco_deadline_worker.testing.threaded_server import ThreadedServer
 
 
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ImdsStandIn:
+class ImdsStandIn(ThreadedServer):
+    name = "IMDS stand-in"
+
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
@@ -33,15 +35,8 @@ class ImdsStandIn:
         self._rebalance: dict[str, str] | None = None
         self._profile: str | None = None  # instance profile ARN
         self._role = "EmulatorInstanceRole"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     # ---- what the test sets ----------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         return {"AWS_EC2_METADATA_SERVICE_ENDPOINT": self.url, "AWS_EC2_METADATA_DISABLED": "false"}
@@ -69,45 +64,11 @@ class ImdsStandIn:
 
     # ---- server ----------------------------------------------------------------------------
 
-    def start(self) -> ImdsStandIn:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="imds-standin", daemon=True)
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the IMDS stand-in did not start within 30 s")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._loop = None
-
-    def __enter__(self) -> ImdsStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._up())
-        ready.set()
-        self._loop.run_forever()
-        if self._runner is not None:
-            self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
-
-    async def _up(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_put("/latest/api/token", self._token)
         app.router.add_get("/latest/meta-data/{path:.*}", self._meta)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server: Any = site._server
-        self.port = int(server.sockets[0].getsockname()[1])
+        return app
 
     def _answer(self, request: web.Request, status: int, text: str = "") -> web.Response:
         with self.lock:

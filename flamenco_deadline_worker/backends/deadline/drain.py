@@ -94,14 +94,22 @@ def _parse_time(text: object) -> float | None:
     return when.timestamp()
 
 
-def spot_notice(text: str) -> Drain | None:
-    """A ``spot/instance-action`` answer: ``{"action": "terminate", "time": "2026-...Z"}``."""
+def _json_object(path: str, text: str) -> dict[str, Any] | None:
+    """An IMDS answer as a JSON object; None (with a warning when it is not JSON at all) otherwise."""
     try:
         data = json.loads(text)
     except ValueError:
-        log.warning("IMDS %s: not JSON: %.200r", SPOT_PATH, text)
+        log.warning("IMDS %s: not JSON: %.200r", path, text)
         return None
-    action = data.get("action") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def spot_notice(text: str) -> Drain | None:
+    """A ``spot/instance-action`` answer: ``{"action": "terminate", "time": "2026-...Z"}``."""
+    data = _json_object(SPOT_PATH, text)
+    if data is None:
+        return None
+    action = data.get("action")
     if action not in ("stop", "terminate", "hibernate"):
         return None
     deadline = _parse_time(data.get("time"))
@@ -113,12 +121,8 @@ def spot_notice(text: str) -> Drain | None:
 
 def rebalance_notice(text: str) -> Drain | None:
     """An ``events/recommendations/rebalance`` answer: ``{"noticeTime": "2026-...Z"}``."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        log.warning("IMDS %s: not JSON: %.200r", REBALANCE_PATH, text)
-        return None
-    if not isinstance(data, dict) or "noticeTime" not in data:
+    data = _json_object(REBALANCE_PATH, text)
+    if data is None or "noticeTime" not in data:
         return None
     return Drain("rebalance", detail=f"notice time {data['noticeTime']}")
 

@@ -11,7 +11,6 @@ import json
 import logging
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from aiohttp import web
 from flamenco_deadline_worker.testing.deadline_emulator import model
 from flamenco_deadline_worker.testing.deadline_emulator.job import Job
 from flamenco_deadline_worker.testing.deadline_emulator.state import Options, ServiceError, ServiceState
+from flamenco_deadline_worker.testing.threaded_server import ThreadedServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,12 +85,14 @@ _STATUS = {
 }
 
 
-class DeadlineEmulator:
+class DeadlineEmulator(ThreadedServer):
     """A local Deadline Cloud worker API and CloudWatch Logs endpoint for one job.
 
     ``latency_ms`` delays every answer (each call on its own, so concurrent calls overlap) by that
     much plus a uniform ``0..jitter_ms``, as the real service's round trip of tens of ms would.
     """
+
+    name = "Deadline emulator"
 
     def __init__(
         self,
@@ -104,23 +106,16 @@ class DeadlineEmulator:
     ) -> None:
         if latency_ms < 0 or jitter_ms < 0:
             raise ValueError(f"latency_ms ({latency_ms}) and jitter_ms ({jitter_ms}) must not be negative")
+        super().__init__(port)
         self.state = ServiceState(job, options)
         self.faults = faults or Faults()
-        self.port = port
         self.latency_ms = latency_ms
         self.jitter_ms = jitter_ms
         self.requests: list[tuple[float, str, int]] = []  # (time, operation, status)
         self._rng = random.Random(self.faults.seed)
         self._jitter_rng = random.Random(self.faults.seed + 1)  # its own, so faults stay reproducible
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def client_env(self) -> dict[str, str]:
         """Environment variables that point boto3 (and a worker agent) at this emulator."""
@@ -134,28 +129,6 @@ class DeadlineEmulator:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def start(self) -> DeadlineEmulator:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="deadline-emulator", daemon=True)
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the Deadline emulator did not start within 30 s")
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._up())
-        ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._down())
-        self._loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._loop = None
-
     def go_down(self) -> None:
         """Stop listening and drop every connection, as an outage would."""
         self._call(self._down())
@@ -164,31 +137,10 @@ class DeadlineEmulator:
         """Listen again on the same port."""
         self._call(self._up())
 
-    def _call(self, coro: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
-
-    async def _up(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            server: Any = site._server
-            self.port = int(server.sockets[0].getsockname()[1])
-
-    async def _down(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def __enter__(self) -> DeadlineEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return app
 
     # ---- helpers for tests -----------------------------------------------------------------
 
