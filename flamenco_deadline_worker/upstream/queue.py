@@ -267,8 +267,7 @@ class TaskUpdateQueue:
         """Commit the buffered text (and ``last``) in one transaction; the text leaves memory only
         once committed, so a failed commit loses nothing.  Raises what the store raises."""
         count = len(self._pending)
-        rows, nbytes = self._take_pending_rows(count)
-        urgent = {task_id for task_id, item in self._pending[:count] if isinstance(item, Update) and not item.log_only}
+        rows, nbytes, urgent = self._take_pending_rows(count)
         if last is not None:
             rows.append(self._row(last))
             if not last.log_only:
@@ -327,14 +326,16 @@ class TaskUpdateQueue:
         if self.on_problem is not None:
             self.on_problem(None)
 
-    def _take_pending_rows(self, count: int) -> tuple[list[tuple[str, float, int, str]], int]:
-        """The first ``count`` buffered texts as rows, and their size; the buffer itself is left as
+    def _take_pending_rows(self, count: int) -> tuple[list[tuple[str, float, int, str]], int, set[str]]:
+        """The first ``count`` buffered texts as rows, their size, and the domains given more than
+        log text among them (see _insert); the buffer itself is left as
         it is (see _commit_pending).  Consecutive text of one task is joined into rows of at most
         push_log_max_bytes, cut at line ends, so each row fits in one task update; only a single
         line longer than that makes a longer row."""
         rows: list[tuple[str, float, int, str]] = []
+        urgent: set[str] = set()
         if not count:
-            return rows, 0
+            return rows, 0, urgent
         now = self.clock.time()
         limit = self.push_log_max_bytes
         nbytes = 0
@@ -348,6 +349,8 @@ class TaskUpdateQueue:
                     rows.append(self._log_row(current_task, "".join(parts), now))
                     parts, size = [], 0
                 rows.append(self._row(text))
+                if not text.log_only:
+                    urgent.add(task_id)
                 current_task = task_id
                 continue
             nbytes += len(text)
@@ -363,7 +366,7 @@ class TaskUpdateQueue:
             size += len(text)
         if parts:
             rows.append(self._log_row(current_task, "".join(parts), now))
-        return rows, nbytes
+        return rows, nbytes, urgent
 
     def _log_row(self, task_id: str, text: str, now: float) -> tuple[str, float, int, str]:
         payload = json.dumps({"log": text}, ensure_ascii=False)
