@@ -111,10 +111,10 @@ async def _run_worker(args: argparse.Namespace, config: WorkerConfig) -> int:
     stop_event = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop_event)
     if config.backend == "deadline":
-        from flamenco_deadline_worker.backends.deadline import run_deadline_worker
+        from flamenco_deadline_worker.compose import run_deadline
 
-        return await run_deadline_worker(config, stop_event)
-    from flamenco_deadline_worker.agent import run_flamenco
+        return await run_deadline(config, stop_event)
+    from flamenco_deadline_worker.compose import run_flamenco
 
     return await run_flamenco(config, stop_event, single=args.single, reregister=args.reregister)
 

@@ -188,6 +188,18 @@ def add_secret(secret: str) -> None:
         _active_redact.add(secret)
 
 
+def dress_like_agent_log(handler: logging.Handler) -> None:
+    """Give ``handler`` the agent log file's line format and the same secret redaction (for a
+    handler that sends the agent log elsewhere, e.g. to CloudWatch)."""
+    handler.setFormatter(TextFormatter())
+    for installed in logging.getLogger().handlers:
+        if getattr(installed, "baseFilename", "").endswith(AGENT_LOG_NAME) and installed.formatter is not None:
+            handler.setFormatter(installed.formatter)
+        for flt in installed.filters:
+            if isinstance(flt, RedactSecrets) and flt not in handler.filters:
+                handler.addFilter(flt)
+
+
 def end_bootstrap() -> None:
     """Start-up is over (the worker is signed on): close the bootstrap log."""
     root = logging.getLogger()

@@ -14,7 +14,6 @@ Types and subtypes:
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import platform
@@ -25,9 +24,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flamenco_deadline_worker import __version__
+from flamenco_deadline_worker import __version__, logs
+from flamenco_deadline_worker.runner.process import agent_user
 
 log = logging.getLogger("flamenco_deadline_worker.records")
+
+# With the functions below, this module is the agent log that compose.py hands to the core and the
+# backends (core.hooks.AgentLog).
+hide = logs.add_secret
+dress = logs.dress_like_agent_log
+
+
+def api_records_on() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
 
 RECORD_TYPES: dict[str, tuple[str, ...]] = {
     "Action": ("Start", "Cancel", "End"),
@@ -210,7 +219,7 @@ def agent_info(backend: str, **fields: Any) -> None:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "user": current_user(),
+        "user": agent_user(),
         "backend": backend,
         "argv": sys.argv[1:],
     }
@@ -221,13 +230,6 @@ def agent_info(backend: str, **fields: Any) -> None:
 
 def _optimize_flag() -> str:
     return f" (-{'O' * sys.flags.optimize})" if sys.flags.optimize else ""
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 def system_metrics(disk_path: Path | None = None) -> dict[str, Any]:

@@ -287,18 +287,19 @@ def _flush_deadline(config: WorkerConfig, timeout: float) -> int:
     """A Deadline worker's queue: statuses through UpdateWorkerSchedule, logs to CloudWatch."""
     try:
         from flamenco_deadline_worker.backends.deadline.flush import flush_deadline
+        from flamenco_deadline_worker.compose import deadline_api
     except ImportError as exc:
         print(f"flamenco-worker flush: the Deadline backend needs the 'deadline' extra (boto3): {exc}",
               file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(flush_deadline(config, timeout))
+    return asyncio.run(flush_deadline(config, timeout, lambda: deadline_api(config)))
 
 
 async def _flush(config: WorkerConfig, timeout: float) -> int:
-    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
+    from flamenco_deadline_worker.compose import flamenco_backend
     from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
-    backend = FlamencoBackend(config)
+    backend = flamenco_backend(config)
     queue = TaskUpdateQueue(
         config.task_update_queue_db, backend,
         push_log_max_bytes=config.push_log_max_bytes, push_log_max_interval=0.0,

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
+from flamenco_deadline_worker import records
 from flamenco_deadline_worker.core.model import CommandSpec, DeliveryResult, Head, Task, Update
 from flamenco_deadline_worker.runner.commands.base import FileRules
 from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
@@ -95,6 +96,7 @@ class Harness:
         self.outputs: list[str] = []
         self.runner = TaskRunner(
             self.queue,
+            agent_log=records,
             work_root=home / "work",
             logs_dir=home / "logs",
             limits=limits or ProcessLimits(kill_grace=2.0),

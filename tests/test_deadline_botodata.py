@@ -86,6 +86,7 @@ def test_a_missing_operation_is_named() -> None:
 def test_the_worker_clients_use_the_trimmed_models_without_touching_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flamenco_deadline_worker import records
     from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
 
     for name in list(os.environ):
@@ -93,7 +94,7 @@ def test_the_worker_clients_use_the_trimmed_models_without_touching_the_environm
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
-    api = DeadlineApi("us-west-2", tmp_path)
+    api = DeadlineApi("us-west-2", records, tmp_path)
     try:
         assert set(api.deadline.meta.service_model.operation_names) == botodata.OPERATIONS["deadline"]
         assert api.deadline.meta.endpoint_url == "https://deadline.us-west-2.amazonaws.com"

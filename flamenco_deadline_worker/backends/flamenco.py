@@ -9,15 +9,16 @@ import platform
 import secrets
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import attrs
 
-from flamenco_deadline_worker import __version__, logs, records
+from flamenco_deadline_worker import __version__
 from flamenco_deadline_worker.config import WorkerConfig
+from flamenco_deadline_worker.core.hooks import AgentLog
 from flamenco_deadline_worker.core.model import (
     CommandSpec,
     Delivery,
@@ -32,7 +33,6 @@ from flamenco_deadline_worker.core.model import (
     Update,
     WorkerState,
 )
-from flamenco_deadline_worker.credentials import save_keys
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,17 @@ def _state(value: Any) -> WorkerState:
 class FlamencoBackend:
     """Speaks to one Manager.  Credentials are created on first use and saved in the worker's config."""
 
-    def __init__(self, config: WorkerConfig, *, reregister: bool = False) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        agent_log: AgentLog,
+        save_keys: Callable[[Mapping[str, str]], None],
+        *,
+        reregister: bool = False,
+    ) -> None:
         self.config = config
+        self.records = agent_log
+        self._save_keys = save_keys  # into the worker's config file (0600)
         self.base_url = config.manager_url.rstrip("/")
         self.worker_id = config.worker_id
         self._secret = config.worker_secret
@@ -203,6 +212,7 @@ class FlamencoBackend:
         url = f"{self.base_url}{API}{path}"
         headers = {**kwargs.pop("headers", {}), **(self._auth_header() if auth else {})}
         operation = f"{method} {path}"
+        records = self.records
         records.api_request(operation, url, _summary(json))
         started = time.monotonic()
         try:
@@ -248,28 +258,28 @@ class FlamencoBackend:
         data = await json_body(resp, "registration")
         if not isinstance(data, dict) or not isinstance(data.get("uuid"), str):
             raise FatalServiceError(f"registration answer has no worker uuid: {str(data)[:200]}")
-        logs.add_secret(secret)
+        self.records.hide(secret)
         self.worker_id, self._secret = data["uuid"], secret
-        save_keys(self.config.home_config, {"worker_id": self.worker_id, "worker_secret": secret})
-        records.worker_create(self.worker_id, self.base_url, worker_name=self.config.worker_name)
-        records.filesystem("Write", self.config.home_config, "worker credentials saved (mode 0600)")
+        self._save_keys({"worker_id": self.worker_id, "worker_secret": secret})
+        self.records.worker_create(self.worker_id, self.base_url, worker_name=self.config.worker_name)
+        self.records.filesystem("Write", self.config.home_config, "worker credentials saved (mode 0600)")
         log.info("registered as worker %s; credentials saved in %s", self.worker_id, self.config.home_config)
 
     async def start(self) -> None:
         """Register when needed (or asked), then sign on; re-register once when refused."""
         if self._force_register or not (self.worker_id and self._secret):
             if self.worker_id and self._force_register:
-                records.worker_delete(self.worker_id, "--reregister: replacing the saved credentials")
+                self.records.worker_delete(self.worker_id, "--reregister: replacing the saved credentials")
             await self.register()
             self._force_register = False
         elif not self._loaded:
             self._loaded = True
-            records.worker_load(self.worker_id, self.config.source_of("worker_id"))
+            self.records.worker_load(self.worker_id, self.config.source_of("worker_id"))
         try:
             await self._sign_on()
         except NotAuthorised as exc:
             log.warning("the Manager refused our credentials (%s); registering again", exc)
-            records.worker_delete(self.worker_id, f"the Manager refused these credentials: {exc}")
+            self.records.worker_delete(self.worker_id, f"the Manager refused these credentials: {exc}")
             await self.register()
             await self._sign_on()
 

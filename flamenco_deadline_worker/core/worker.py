@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from flamenco_deadline_worker.core.backoff import Outage
+from flamenco_deadline_worker.core.hooks import NoPresence, Presence
 from flamenco_deadline_worker.core.lifecycle import EXIT_OK, live
 from flamenco_deadline_worker.core.model import (
     Backend,
@@ -41,25 +42,6 @@ FINAL_STATUS_WAIT = 30.0
 PREVIEW_TYPES = ("image/png", "image/jpeg")
 
 
-class Presence(Protocol):
-    """Where the worker tells the world how it is (the state file, systemd, records): handed in by
-    the composition root, so the core imports no operations module."""
-
-    def signed_on(self, worker_id: str) -> None: ...
-
-    def waiting(self, why: str) -> None: ...
-
-    def stopping(self, why: str) -> None: ...
-
-    def state(self, state: str) -> None: ...
-
-    def task_started(self, task: Task) -> None: ...
-
-    def task_finished(self, task: Task, outcome: str) -> None: ...
-
-    def checks(self, problems: list[str]) -> None: ...
-
-
 class NodeChecks(Protocol):
     """Pre-task checks: while ``problems()`` is not empty the worker fetches no task."""
 
@@ -73,29 +55,6 @@ class NoChecks:
 
     async def problems(self) -> list[str]:
         return []
-
-
-class NoPresence:
-    def signed_on(self, worker_id: str) -> None:
-        pass
-
-    def waiting(self, why: str) -> None:
-        pass
-
-    def stopping(self, why: str) -> None:
-        pass
-
-    def state(self, state: str) -> None:
-        pass
-
-    def task_started(self, task: Task) -> None:
-        pass
-
-    def task_finished(self, task: Task, outcome: str) -> None:
-        pass
-
-    def checks(self, problems: list[str]) -> None:
-        pass
 
 
 class FlamencoWorker:
@@ -119,7 +78,7 @@ class FlamencoWorker:
         self._last_preview = 0.0
         self._preview_task: asyncio.Task[None] | None = None
         self.tasks_run = 0
-        # State file, systemd notifications and Worker records (agent.py gives the real one).
+        # State file and systemd notifications (compose.py hands in the real one).
         self.publisher: Presence = NoPresence()
         queue.on_task_gone = self.task_gone
         runner.on_output = self.output_produced

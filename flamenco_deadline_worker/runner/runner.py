@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flamenco_deadline_worker import private, records
+from flamenco_deadline_worker import private
+from flamenco_deadline_worker.core.hooks import AgentLog
 from flamenco_deadline_worker.core.model import Outcome, Task, TaskStatus, Update
 from flamenco_deadline_worker.runner import containment, process
 from flamenco_deadline_worker.runner.commands import base as commands
@@ -205,6 +206,7 @@ class TaskRunner:
         self,
         queue: TaskUpdateQueue,
         *,
+        agent_log: AgentLog,
         work_root: Path,
         logs_dir: Path | None,
         limits: process.ProcessLimits,
@@ -216,6 +218,7 @@ class TaskRunner:
     ) -> None:
         self.task_env = dict(task_env or {})  # added to every task process's environment
         self.queue = queue
+        self.records = agent_log
         self.work_root = work_root
         # File commands: only the work directory unless the composition root says more.
         self.file_rules = file_rules or commands.FileRules(roots=(str(work_root),))
@@ -260,11 +263,11 @@ class TaskRunner:
         reporter = TaskReporter(self.queue, task, log_file, self.activity_interval, self.on_output)
         workdir = self.work_root / _safe(task.id)
         # Structured records see a task as a session of its job; each command is one action.
-        records.session_starting(task.id, task.job_id, task_name=task.name, job_type=task.job_type)
+        self.records.session_starting(task.id, task.job_id, task_name=task.name, job_type=task.job_type)
         if log_file is not None:
-            records.session_logs(task.id, task.job_id, log_file)
-        records.session_user(task.id, task.job_id, self.run_as.user if self.run_as else records.current_user())
-        records.session_add(task.id, task.job_id, [_action_id(task, i) for i in range(1, len(task.commands) + 1)])
+            self.records.session_logs(task.id, task.job_id, log_file)
+        self.records.session_user(task.id, task.job_id, self.run_as.user if self.run_as else process.agent_user())
+        self.records.session_add(task.id, task.job_id, [_action_id(task, i) for i in range(1, len(task.commands) + 1)])
         started = time.monotonic()
         self._failure = ""
         outcome = Outcome.ABORTED
@@ -272,7 +275,7 @@ class TaskRunner:
         containment.active().job_starting(task.job_id)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
-            records.filesystem("Create", workdir, "task working directory", logging.DEBUG)
+            self.records.filesystem("Create", workdir, "task working directory", logging.DEBUG)
             if self.run_as is not None:
                 try:
                     _hand_over(workdir, self.run_as.user)
@@ -294,14 +297,14 @@ class TaskRunner:
             await self.queue.commit_logs()
             reporter.close()
             shutil.rmtree(workdir, ignore_errors=True)
-            records.filesystem("Delete", workdir, "task working directory", logging.DEBUG)
+            self.records.filesystem("Delete", workdir, "task working directory", logging.DEBUG)
             seconds = time.monotonic() - started
             if outcome is Outcome.FAILED:
-                records.session_failed(task.id, task.job_id, self._failure, seconds=round(seconds, 3))
+                self.records.session_failed(task.id, task.job_id, self._failure, seconds=round(seconds, 3))
             else:
                 status = "completed" if outcome is Outcome.COMPLETED else "canceled"
-                records.session_complete(task.id, task.job_id, status, seconds)
-            records.session_remove(task.id, task.job_id, outcome.value)
+                self.records.session_complete(task.id, task.job_id, status, seconds)
+            self.records.session_remove(task.id, task.job_id, outcome.value)
 
     _failure = ""
 
@@ -319,21 +322,21 @@ class TaskRunner:
             reporter.activity(f"running {spec.name} ({index}/{len(task.commands)})")
             started = time.monotonic()
             action = _action_id(task, index)
-            records.action_start(task.id, action, spec.name)
+            self.records.action_start(task.id, action, spec.name)
             try:
                 await command_cls().run(ctx, params)
             except commands.CommandError as exc:
-                records.action_end(task.id, action, "failed", time.monotonic() - started)
+                self.records.action_end(task.id, action, "failed", time.monotonic() - started)
                 return await self._fail(reporter, f"command {index} ({spec.name}) failed: {exc}")
             except asyncio.CancelledError:
-                records.action_cancel(task.id, action, self._abort_reason or "the worker is shutting down")
-                records.action_end(task.id, action, "canceled", time.monotonic() - started)
+                self.records.action_cancel(task.id, action, self._abort_reason or "the worker is shutting down")
+                self.records.action_end(task.id, action, "canceled", time.monotonic() - started)
                 raise
             except Exception as exc:  # a command's bug fails the task, never the worker
                 log.exception("command %s of task %s raised", spec.name, task.id)
-                records.action_end(task.id, action, "failed", time.monotonic() - started)
+                self.records.action_end(task.id, action, "failed", time.monotonic() - started)
                 return await self._fail(reporter, f"command {index} ({spec.name}) crashed: {exc!r}")
-            records.action_end(task.id, action, "succeeded", time.monotonic() - started)
+            self.records.action_end(task.id, action, "succeeded", time.monotonic() - started)
             steps_before += spec.total_step_count
             reporter.set_steps(max(reporter.steps_completed, steps_before))
             log.debug("command %s of task %s took %.3f s", spec.name, task.id, time.monotonic() - started)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import startup
 from flamenco_deadline_worker.backends.deadline.agentlog import AgentLogShipper
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
@@ -38,7 +37,7 @@ from flamenco_deadline_worker.core.model import Update
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 if TYPE_CHECKING:
-    from flamenco_deadline_worker.presence import StatusPublisher
+    from flamenco_deadline_worker.core.hooks import ServicePresence
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,13 @@ class DeadlineAgent:
         push_log_max_interval: float,
         ledger_file: Path | None = None,
         delete_on_stop: bool = False,
-        publisher: StatusPublisher | None = None,
+        publisher: ServicePresence | None = None,
         retain_session_dirs: bool = False,
         run_jobs_as_agent_user: bool = False,
         agent_log: tuple[str, str] | None = None,
     ) -> None:
         self.api = api
+        self.records = api.agent_log
         self.ids = ids
         self.logs_dir = logs_dir
         self.session_root = session_root
@@ -95,7 +95,7 @@ class DeadlineAgent:
         self.drain_request: Drain | None = None  # why the worker drains, once it does
         self._stopping_sent = False  # the regular drain has begun: STOPPING sent, sessions told
         self._idle_rounds = 0
-        self._shipper = AgentLogShipper(self.queue, *agent_log) if agent_log else None
+        self._shipper = AgentLogShipper(self.queue, *agent_log, dress=self.records.dress) if agent_log else None
         # Actions whose completion is queued or sent: nothing more is ever reported for them.
         self._completed: set[tuple[str, str]] = set()
 
@@ -229,14 +229,14 @@ class DeadlineAgent:
             runner = self.sessions.pop(session_id)
             self.router.forget(session_id)
             self.ledger.ended(session_id)
-            records.session_remove(session_id, runner.queue_id, "the service ended it")
+            self.records.session_remove(session_id, runner.queue_id, "the service ended it")
             asyncio.create_task(self._close(runner))
         for session_id, spec in assigned.items():
             known = self.sessions.get(session_id)
             runner = known if known is not None else await self._new_session(session_id, spec)
             added = runner.add(spec["sessionActions"])
             if added:
-                records.session_add(session_id, runner.queue_id, added)
+                self.records.session_add(session_id, runner.queue_id, added)
         if not self._stopping_sent:  # a draining worker stays "stopping"
             self._state("working" if self.sessions else "idle")
         for session_id, action_ids in (answer.get("cancelSessionActions") or {}).items():
@@ -247,8 +247,8 @@ class DeadlineAgent:
         queue_id = spec["queueId"]
         options = spec.get("logConfiguration", {}).get("options") or {}
         local = self.logs_dir / queue_id / f"{session_id}.log"
-        records.session_starting(session_id, queue_id, job_id=spec["jobId"])
-        records.session_logs(session_id, queue_id, local)
+        self.records.session_starting(session_id, queue_id, job_id=spec["jobId"])
+        self.records.session_logs(session_id, queue_id, local)
         entities = JobEntities(self.api, self.ids, spec["jobId"])
 
         async def report(action_id: str, info: dict[str, Any]) -> None:
@@ -261,6 +261,7 @@ class DeadlineAgent:
             queue_id,
             entities,
             report,
+            agent_log=self.records,
             root_dir=self.session_root,
             env_vars=self.queue_creds.env,
             resumed=resumed,
@@ -314,8 +315,8 @@ class DeadlineAgent:
         await runner.close(timeout=timeout)
         seconds = time.monotonic() - runner.started
         if runner.wound_down:
-            records.session_failed(runner.id, runner.queue_id, "an action failed, was canceled or interrupted")
-        records.session_complete(
+            self.records.session_failed(runner.id, runner.queue_id, "an action failed, was canceled or interrupted")
+        self.records.session_complete(
             runner.id, runner.queue_id, "FAILED" if runner.wound_down else "SUCCEEDED", seconds
         )
 
@@ -323,7 +324,7 @@ class DeadlineAgent:
         runners = list(self.sessions.values())
         self.sessions.clear()
         for runner in runners:
-            records.session_remove(runner.id, runner.queue_id, "the worker stops")
+            self.records.session_remove(runner.id, runner.queue_id, "the worker stops")
             self.ledger.ended(runner.id)
         await asyncio.gather(*(self._close(r, timeout=10) for r in runners))
 
@@ -393,4 +394,4 @@ class DeadlineAgent:
         await self.queue.flush(2.0)
         if self.delete_on_stop and await startup.delete_worker(self.api, self.ids):
             self.deleted = True
-            records.worker_delete(self.ids["workerId"], "deadline_delete_worker_on_stop is set")
+            self.records.worker_delete(self.ids["workerId"], "deadline_delete_worker_on_stop is set")

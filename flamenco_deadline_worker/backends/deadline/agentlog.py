@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flamenco_deadline_worker import logs
 from flamenco_deadline_worker.backends.deadline.sink import agent_log_key
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
@@ -37,7 +36,9 @@ def destination(answer: Mapping[str, Any] | None) -> tuple[str, str] | None:
 
 
 class AgentLogShipper(logging.Handler):
-    def __init__(self, queue: TaskUpdateQueue, group: str, stream: str) -> None:
+    def __init__(
+        self, queue: TaskUpdateQueue, group: str, stream: str, dress: Callable[[logging.Handler], None]
+    ) -> None:
         super().__init__(logging.INFO)
         self.queue = queue
         self.key = agent_log_key(group, stream)
@@ -45,15 +46,7 @@ class AgentLogShipper(logging.Handler):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lines: list[str] = []
         self._lock = threading.Lock()
-        root = logging.getLogger()
-        # Lines as the agent log file has them, secrets redacted by the same filter.
-        self.setFormatter(logs.TextFormatter())
-        for handler in root.handlers:
-            if getattr(handler, "baseFilename", "").endswith(logs.AGENT_LOG_NAME) and handler.formatter is not None:
-                self.setFormatter(handler.formatter)
-            for flt in handler.filters:
-                if isinstance(flt, logs.RedactSecrets) and flt not in self.filters:
-                    self.addFilter(flt)
+        dress(self)  # lines as the agent log file has them, secrets redacted by the same filter
 
     def install(self) -> None:
         self._loop = asyncio.get_running_loop()

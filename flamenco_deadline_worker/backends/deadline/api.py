@@ -27,8 +27,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from flamenco_deadline_worker import logs, records
 from flamenco_deadline_worker.backends.deadline import botodata
+from flamenco_deadline_worker.core.hooks import AgentLog
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ class DeadlineApi:
     """The worker API and CloudWatch Logs clients of one botocore session: two clients for the
     agent's whole life, first signing with the host's credentials, then with the fleet role's."""
 
-    def __init__(self, region: str | None, models_parent: Path | None = None) -> None:
+    def __init__(self, region: str | None, agent_log: AgentLog, models_parent: Path | None = None) -> None:
+        self.agent_log = agent_log
         # Two threads: an UpdateWorkerSchedule and a PutLogEvents (or BatchGetJobEntity) at once.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="boto3")
         self._config = Config(
@@ -150,8 +151,8 @@ class DeadlineApi:
     def use_fleet_credentials(self, creds: Mapping[str, Any]) -> None:
         """Record AssumeFleetRoleForWorker credentials; every later call of both clients uses them."""
         self.fleet_expiry = creds["expiration"]
-        logs.add_secret(creds["secretAccessKey"])  # in case any message ever quotes them
-        logs.add_secret(creds["sessionToken"])
+        self.agent_log.hide(creds["secretAccessKey"])  # in case any message ever quotes them
+        self.agent_log.hide(creds["sessionToken"])
         self._creds.swap(creds["accessKeyId"], creds["secretAccessKey"], creds["sessionToken"])
         if self.logs is None:
             self.logs = self._session.create_client("logs", region_name=self._region, config=self._config)
@@ -172,7 +173,8 @@ class DeadlineApi:
         client = self.logs if operation == "put_log_events" else self.deadline
         method: Callable[..., dict[str, Any]] = getattr(client, operation)
         loop = asyncio.get_running_loop()
-        debug = records.log.isEnabledFor(logging.DEBUG)
+        records = self.agent_log
+        debug = records.api_records_on()
         if debug:
             records.api_request(operation, client.meta.endpoint_url, _loggable(params))
         started = time.monotonic()

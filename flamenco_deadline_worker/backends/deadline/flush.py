@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flamenco_deadline_worker.backends.deadline import startup
@@ -77,17 +76,15 @@ def saved_ids(config: WorkerConfig) -> dict[str, str] | None:
         return None
 
 
-async def flush_deadline(config: WorkerConfig, timeout: float) -> int:
+async def flush_deadline(config: WorkerConfig, timeout: float, make_api: Callable[[], DeadlineApi]) -> int:
+    """Deliver the queue of a stopped Deadline worker; ``make_api`` builds its clients (compose.deadline_api)."""
     ids = saved_ids(config)
     if ids is None:
         print(f"flamenco-worker flush: updates are queued but {config.home / STATE_FILE} names no Deadline "
               "Cloud worker (deleted, or never started); nothing can be delivered without it.", file=sys.stderr)
         return EXIT_NOT_ALL_DELIVERED
-    for name in ("botocore", "urllib3"):  # their debug logging prints whole answers, credentials included
-        logging.getLogger(name).setLevel(logging.WARNING)
     deadline = time.monotonic() + timeout
-    region = config.deadline_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    api = DeadlineApi(region or None, config.home / "flamenco-worker-botocore")
+    api = make_api()
     schedule = Schedule(api, ids)
     sink = FlushSink(DeadlineSink(api, schedule, config.logs_dir), schedule)
     queue = TaskUpdateQueue(config.task_update_queue_db, sink, push_log_max_bytes=config.push_log_max_bytes,

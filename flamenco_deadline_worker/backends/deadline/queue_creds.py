@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flamenco_deadline_worker import logs
 from flamenco_deadline_worker.atomicfile import write_atomic
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 
@@ -100,8 +99,8 @@ class QueueCredentials:
             "SessionToken": creds["sessionToken"],
             "Expiration": expiry.isoformat(),
         }
-        logs.add_secret(creds["secretAccessKey"])
-        logs.add_secret(creds["sessionToken"])
+        self.api.agent_log.hide(creds["secretAccessKey"])
+        self.api.agent_log.hide(creds["sessionToken"])
         share = _sharer(group)
         write_atomic(base / "credentials.json", json.dumps(document), 0o600, prepare=share)
         process = f"cat {shlex.quote(str(base / 'credentials.json'))}"

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import (
     agentlog,
     capabilities,
@@ -21,13 +20,13 @@ from flamenco_deadline_worker.backends.deadline.agent import EXIT_FATAL, Deadlin
 from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
 from flamenco_deadline_worker.backends.deadline.drain import NO_DRAIN, NoticeWatch
 from flamenco_deadline_worker.config import WorkerConfig
-from flamenco_deadline_worker.presence import StatusPublisher
+from flamenco_deadline_worker.core.hooks import ServicePresence
 
 log = logging.getLogger(__name__)
 
 
 class DeadlineService:
-    def __init__(self, api: DeadlineApi, config: WorkerConfig, publisher: StatusPublisher, state_file: Path) -> None:
+    def __init__(self, api: DeadlineApi, config: WorkerConfig, publisher: ServicePresence, state_file: Path) -> None:
         self.api = api
         self.config = config
         self.publisher = publisher
@@ -145,7 +144,7 @@ class StartUp:
         self.capabilities: capabilities.Capabilities | None = None
 
     async def run(
-        self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: StatusPublisher, service: str
+        self, api: DeadlineApi, config: WorkerConfig, state_file: Path, publisher: ServicePresence, service: str
     ) -> str:
         self.step = "detecting the host's capabilities"
         self.capabilities = await host_capabilities(config)
@@ -156,9 +155,9 @@ class StartUp:
             publisher.waiting(self.step)
             worker_id = await startup.create_worker(api, config.farm_id, config.fleet_id)
             startup.save_worker_id(state_file, config.farm_id, config.fleet_id, worker_id)
-            records.worker_create(worker_id, service, farm_id=config.farm_id, fleet_id=config.fleet_id)
+            api.agent_log.worker_create(worker_id, service, farm_id=config.farm_id, fleet_id=config.fleet_id)
         else:
-            records.worker_load(worker_id, state_file, farm_id=config.farm_id, fleet_id=config.fleet_id)
+            api.agent_log.worker_load(worker_id, state_file, farm_id=config.farm_id, fleet_id=config.fleet_id)
         publisher.data["worker_id"] = worker_id
         self.ids = {"farmId": config.farm_id, "fleetId": config.fleet_id, "workerId": worker_id}
         self.step = "AssumeFleetRoleForWorker, UpdateWorker STARTED"

@@ -20,7 +20,6 @@ import attrs
 from openjd.sessions import LOG as OJD_LOG
 from openjd.sessions import ActionState, ActionStatus, PathMappingRule, PosixSessionUser, Session, SessionState
 
-from flamenco_deadline_worker import records
 from flamenco_deadline_worker.backends.deadline import pathmap
 from flamenco_deadline_worker.backends.deadline.attachments import (
     AttachmentError,
@@ -31,6 +30,7 @@ from flamenco_deadline_worker.backends.deadline.attachments import (
 )
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
 from flamenco_deadline_worker.backends.deadline.jobuser import JobUser, JobUserError, JobUsers
+from flamenco_deadline_worker.core.hooks import AgentLog
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class SessionRunner:
         entities: JobEntities,
         report: Report,
         *,
+        agent_log: AgentLog,
         root_dir: Path,
         env_vars: Callable[[], dict[str, str]],
         cancel_grace: float = 30.0,
@@ -70,6 +71,7 @@ class SessionRunner:
         self.queue_id = queue_id
         self.entities = entities
         self.report = report
+        self.records = agent_log
         self.root_dir = root_dir
         self.env_vars = env_vars
         self.cancel_grace = cancel_grace
@@ -127,7 +129,7 @@ class SessionRunner:
         fresh = set(action_ids) - self.canceled
         self.canceled |= fresh
         for action_id in sorted(fresh):
-            records.action_cancel(self.id, action_id, "canceled by the service")
+            self.records.action_cancel(self.id, action_id, "canceled by the service")
         if self.running is not None and self.running.id in fresh:
             self._cancel_running(self.cancel_grace)
         self._wake.set()
@@ -147,7 +149,7 @@ class SessionRunner:
         running = self.running
         if running is not None and running.id not in self.interrupted:
             self.interrupted.add(running.id)
-            records.action_cancel(self.id, running.id, "the worker is stopping")
+            self.records.action_cancel(self.id, running.id, "the worker is stopping")
             self._cancel_running(grace)
             await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
         for action in pending:
@@ -236,7 +238,7 @@ class SessionRunner:
             return
         started = iso_now()
         self.running = action
-        records.action_start(self.id, action.id, action.kind, queue_id=self.queue_id, **_what(action))
+        self.records.action_start(self.id, action.id, action.kind, queue_id=self.queue_id, **_what(action))
         try:
             await self.report(action.id, {"startedAt": started})
             if action.kind == "syncInputJobAttachments":
@@ -284,7 +286,7 @@ class SessionRunner:
         if "startedAt" in info:
             seconds = (_parse_iso(info["endedAt"]) - _parse_iso(info["startedAt"])).total_seconds()
         extra = {k: info[k] for k in ("processExitCode", "progressMessage") if k in info}
-        records.action_end(self.id, action.id, status, seconds, kind=action.kind, **extra)
+        self.records.action_end(self.id, action.id, status, seconds, kind=action.kind, **extra)
         if status in FAILURES and action.kind != "envExit":
             self.wound_down = True
         await self.report(action.id, info)

@@ -1,14 +1,22 @@
-"""Puts the parts together for one worker run: queue, drain, runner, backend and the worker loop."""
+"""The one composition root: puts the parts together for one worker run of either service.
+
+Config, logs, queue, runner, backend and the worker loop are built here, and the operations side
+(the agent log's records, the state file and systemd, the credentials file) is handed in here:
+the core and the backends import none of it (tests/test_layers.py keeps it so).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+from typing import TYPE_CHECKING
 
 import attrs
 
-from flamenco_deadline_worker import __version__, private
+from flamenco_deadline_worker import __version__, private, records
 from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
 from flamenco_deadline_worker.presence import service_presence, state_file
 from flamenco_deadline_worker.runner import containment
@@ -17,6 +25,10 @@ from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
 from flamenco_deadline_worker.runner.runner import TaskRunner
 from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
+
+if TYPE_CHECKING:
+    from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
+    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +104,30 @@ def file_rules(config: WorkerConfig) -> FileRules:
     return FileRules(roots=(str(config.work_dir), *config.file_command_roots), protected=protected)
 
 
+def flamenco_backend(config: WorkerConfig, *, reregister: bool = False) -> FlamencoBackend:
+    """The Flamenco backend with the agent log and the worker's config file (for its keys) handed in."""
+    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
+    from flamenco_deadline_worker.credentials import save_keys
+
+    return FlamencoBackend(
+        config, records, functools.partial(save_keys, config.home_config), reregister=reregister
+    )
+
+
+def deadline_api(config: WorkerConfig) -> DeadlineApi:
+    """The Deadline worker API and CloudWatch Logs clients, with the agent log handed in."""
+    from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
+
+    # botocore's own debug logging prints whole answers, credentials included: never let it through.
+    for name in ("botocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    region = config.deadline_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return DeadlineApi(region or None, records, config.home / "flamenco-worker-botocore")
+
+
 async def run_flamenco(
     config: WorkerConfig, stop_event: asyncio.Event, *, single: bool = False, reregister: bool = False
 ) -> int:
-    from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
     from flamenco_deadline_worker.core.worker import FlamencoWorker
     from flamenco_deadline_worker.node_checks import NodeChecks
 
@@ -113,7 +145,7 @@ async def run_flamenco(
     except HomeError as exc:
         log.error("%s", exc)
         return 2
-    backend = FlamencoBackend(config, reregister=reregister)
+    backend = flamenco_backend(config, reregister=reregister)
     private.touch(config.task_update_queue_db)  # SQLite gives its -wal and -shm files this file's mode
     queue = TaskUpdateQueue(
         config.task_update_queue_db,
@@ -126,6 +158,7 @@ async def run_flamenco(
     holder = containment.setup(config.home, config.process_containment)
     runner = TaskRunner(
         queue,
+        agent_log=records,
         work_root=config.work_dir,
         logs_dir=config.logs_dir,
         limits=process_limits(config),
@@ -155,3 +188,54 @@ async def run_flamenco(
             await backend.close()
             holder.close()
             home_lock.release()
+
+
+async def run_deadline(config: WorkerConfig, stop_event: asyncio.Event) -> int:
+    """Run as a Deadline Cloud worker of ``config.farm_id``/``config.fleet_id`` until stopped; the exit code."""
+    try:
+        # openjd first, before anything else imports it (see ojd).
+        from flamenco_deadline_worker.backends.deadline import (
+            ojd,  # noqa: F401
+            startup,
+        )
+        from flamenco_deadline_worker.backends.deadline.service import DeadlineService
+    except ImportError as exc:
+        log.error("the Deadline backend needs the 'deadline' extra (boto3, openjd-model, openjd-sessions): %s", exc)
+        return 2
+    if not config.farm_id or not config.fleet_id:
+        log.error("the Deadline backend needs farm_id and fleet_id (--farm-id, --fleet-id)")
+        return 2
+    from flamenco_deadline_worker.core.lifecycle import live
+
+    try:
+        home_lock = HomeLock.acquire(config.home)  # one worker per home; freed when this run returns
+    except HomeError as exc:
+        log.error("%s", exc)
+        return 2
+
+    api = deadline_api(config)
+    startup.hide_host_credentials()
+    deadline_state = config.home / "deadline-worker.json"
+    running: list[DeadlineService] = []
+
+    def healthy() -> bool:
+        return not running or running[0].healthy()
+
+    async with service_presence(config, stop_event, healthy=healthy) as publisher:
+        private.touch(config.task_update_queue_db)  # private queue (SQLite's -wal and -shm follow it)
+        service = DeadlineService(api, config, publisher, deadline_state)
+        running.append(service)
+        publisher.metrics_source = service.metrics
+        try:
+            drain_seconds = max(5.0, config.shutdown_flush_seconds)
+            publisher.exit_code = await live(service, stop_event, service.flush, drain_seconds)
+            if service.shutdown_failed:
+                publisher.exit_code = 1  # deadline_shutdown_on_stop could not shut the host down
+            if service.agent is not None and service.agent.deleted:
+                deadline_state.unlink(missing_ok=True)
+            return publisher.exit_code
+        finally:
+            await service.close()
+            api.close()
+            home_lock.release()
+    return 1  # not reached: the block above returns
