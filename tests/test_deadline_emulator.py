@@ -387,3 +387,32 @@ def test_latency_delays_every_answer() -> None:
 def test_negative_latency_is_refused() -> None:
     with pytest.raises(ValueError, match=r"latency_ms \(-1\)"):
         DeadlineEmulator(make_job(simple_template(1)), latency_ms=-1)
+
+
+def test_a_second_schedule_call_while_one_is_open_is_refused_as_concurrent_modification() -> None:
+    import concurrent.futures
+
+    with DeadlineEmulator(make_job(simple_template(4)), latency_ms=300) as emu:
+        deadline, _, ids = start_worker(emu)
+        first = deadline.update_worker_schedule(**ids)["assignedSessions"]  # the session, before any overlap
+        (session_id,) = first
+        action = first[session_id]["sessionActions"][0]["sessionActionId"]
+        update = {action: {"startedAt": now(), "completedStatus": "SUCCEEDED", "endedAt": now(), "processExitCode": 0}}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            open_call = pool.submit(deadline.update_worker_schedule, **ids, updatedSessionActions=update)
+            emu.wait_for(lambda _: emu.schedule_call_open(ids["workerId"]), timeout=30, what="the open call")
+            second = pool.submit(deadline.update_worker_schedule, **ids)
+            with pytest.raises(ClientError) as refused:
+                second.result(30)
+            answered = open_call.result(30)
+        assert refused.value.response["Error"]["Code"] == "ConflictException"
+        assert refused.value.response["reason"] == "CONCURRENT_MODIFICATION"
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+        assert emu.state.concurrent_schedule_calls == 1
+        # The open call was applied as usual; the refused one changed nothing.
+        assert emu.state.actions[action].status == "SUCCEEDED"
+        assert session_id in answered["assignedSessions"]
+        assert emu.state.violations == []
+        # Once the open call is answered, the next one goes through.
+        deadline.update_worker_schedule(**ids)
+        assert emu.state.concurrent_schedule_calls == 1

@@ -240,6 +240,7 @@ def _measure(spec: RunSpec, emu: DeadlineEmulator, proc: subprocess.Popen[bytes]
     def report(s: ServiceState) -> dict[str, Any]:
         return {
             "violations": list(s.violations),
+            "concurrent_schedule_calls": s.concurrent_schedule_calls,
             "sessions": {
                 sid: [[a.kind, a.status, a.process_exit_code] for a in ses.actions] for sid, ses in s.sessions.items()
             },

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from flamenco_deadline_worker.testing.deadline_emulator import model
 from flamenco_deadline_worker.testing.deadline_emulator.job import Job
-from flamenco_deadline_worker.testing.deadline_emulator.state import Options, ServiceError, ServiceState
+from flamenco_deadline_worker.testing.deadline_emulator.state import Options, ServiceError, ServiceState, conflict
 from flamenco_deadline_worker.testing.threaded_server import ThreadedServer
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class DeadlineEmulator(ThreadedServer):
         self.requests: list[tuple[float, str, int]] = []  # (time, operation, status)
         self._rng = random.Random(self.faults.seed)
         self._jitter_rng = random.Random(self.faults.seed + 1)  # its own, so faults stay reproducible
+        self._scheduling: set[str] = set()  # workers with an UpdateWorkerSchedule being answered
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -158,6 +159,10 @@ class DeadlineEmulator(ThreadedServer):
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.05)
 
+    def schedule_call_open(self, worker_id: str) -> bool:
+        """Whether an UpdateWorkerSchedule of ``worker_id`` is being answered."""
+        return worker_id in self._scheduling
+
     # ---- requests --------------------------------------------------------------------------
 
     async def _delay(self) -> None:
@@ -166,6 +171,25 @@ class DeadlineEmulator(ThreadedServer):
             await asyncio.sleep(delay_ms / 1000)
 
     async def _handle(self, request: web.Request) -> web.Response:
+        found = model.match_route(request.method, request.path)
+        worker = found[1].get("workerId") if found is not None and found[0].name == "UpdateWorkerSchedule" else None
+        if worker is None:
+            return await self._answer(request)
+        if worker in self._scheduling:
+            # One UpdateWorkerSchedule per worker at a time, as the service's CONCURRENT_MODIFICATION
+            # conflict says: the second is refused (after the same delay) and changes nothing.
+            await request.read()
+            await self._delay()
+            with self.state.lock:
+                self.state.concurrent_schedule_calls += 1
+            return self._error("UpdateWorkerSchedule", conflict("CONCURRENT_MODIFICATION", worker, "worker"))
+        self._scheduling.add(worker)
+        try:
+            return await self._answer(request)
+        finally:
+            self._scheduling.discard(worker)
+
+    async def _answer(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
         raw = await request.read()
         await self._delay()

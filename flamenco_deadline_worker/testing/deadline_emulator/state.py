@@ -143,6 +143,7 @@ class ServiceState:
         self.log_streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.log_calls: dict[tuple[str, str], list[float]] = {}
         self.violations: list[str] = []
+        self.concurrent_schedule_calls = 0  # UpdateWorkerSchedule refused: another of the worker's was open
         self.calls: list[tuple[str, str]] = []  # (operation, access key id)
         self.fleet_keys: dict[str, str] = {}  # access key id -> worker id
         self.queue_keys: set[str] = set()
