@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,27 @@ async def test_a_path_that_cannot_be_opened_names_it(tmp_path: Path) -> None:
         await UpdateStore(db).open()
     assert str(db) in str(caught.value)
     assert db.is_dir() and not list(tmp_path.glob("*corrupt*"))
+
+
+def test_a_queue_that_cannot_be_opened_leaves_no_thread_behind_its_event_loop(tmp_path: Path) -> None:
+    """The worker exits on this error at once: nothing may still be running to report into a loop
+    that has closed ("Event loop is closed" printed from a thread at exit)."""
+    db = tmp_path / "q.db"
+    db.mkdir()
+    raised: list[str] = []
+    before = set(threading.enumerate())
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: raised.append(f"{args.thread}: {args.exc_value!r}")
+    try:
+        loop = asyncio.new_event_loop()
+        with pytest.raises(QueueFileError, match="cannot open"):
+            loop.run_until_complete(UpdateStore(db).open())
+        loop.close()  # at once, as the exiting worker's does
+        for thread in set(threading.enumerate()) - before:
+            thread.join(10)
+    finally:
+        threading.excepthook = previous_hook
+    assert raised == []
 
 
 def size_on_disk(db: Path) -> int:

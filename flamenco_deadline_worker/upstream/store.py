@@ -119,6 +119,10 @@ async def _rollback(db: aiosqlite.Connection) -> None:
             log.debug("rollback after a failed transaction: %s", exc)
 
 
+def _try_open(path: Path) -> None:
+    sqlite3.connect(path, timeout=OPEN_BUSY_TIMEOUT_SECONDS).close()
+
+
 class UpdateStore:
     """Rows of JSON payloads in WAL mode; every write is one committed transaction."""
 
@@ -200,6 +204,10 @@ class UpdateStore:
         return f"task_update_queue_db: cannot open {self.path}: {reason}"
 
     async def _connect(self) -> aiosqlite.Connection:
+        # A file SQLite cannot open fails here, before aiosqlite starts its thread: when its own
+        # connect fails, that thread finishes after an unawaited future and, if the event loop has
+        # closed by then (the worker exiting on this very error), prints "Event loop is closed".
+        await asyncio.to_thread(_try_open, self.path)
         db = await aiosqlite.connect(self.path, isolation_level=None, timeout=OPEN_BUSY_TIMEOUT_SECONDS)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
