@@ -9,12 +9,11 @@ restart.  Records come from any thread; they reach the queue on the event loop, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flamenco_deadline_worker.backends.deadline.handover import HandOver
 from flamenco_deadline_worker.backends.deadline.sink import agent_log_key
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
@@ -43,41 +42,22 @@ class AgentLogShipper(logging.Handler):
         self.queue = queue
         self.key = agent_log_key(group, stream)
         self.where = f"{group}/{stream}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
+        self._lines: HandOver[str] = HandOver(lambda lines: queue.put_log(self.key, "".join(lines)))
         dress(self)  # lines as the agent log file has them, secrets redacted by the same filter
 
     def install(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._lines.attach()
         logging.getLogger().addHandler(self)
         log.info("the agent log also goes to CloudWatch Logs %s", self.where)
 
     def uninstall(self) -> None:
         logging.getLogger().removeHandler(self)
-        self._hand_over()
+        self._lines.now()
 
     def emit(self, record: logging.LogRecord) -> None:
-        loop = self._loop
-        if loop is None:
-            return
         try:
             text = self.format(record) + "\n"
         except Exception:
             self.handleError(record)
             return
-        with self._lock:
-            self._lines.append(text)
-            wake = len(self._lines) == 1
-        if not wake:
-            return
-        try:
-            loop.call_soon_threadsafe(self._hand_over)
-        except RuntimeError:  # the loop is closed: the agent is going away
-            pass
-
-    def _hand_over(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        if lines:
-            self.queue.put_log(self.key, "".join(lines))
+        self._lines.add(text)

@@ -9,6 +9,7 @@ import threading
 
 from openjd.sessions import LOG
 
+from flamenco_deadline_worker.backends.deadline.handover import HandOver
 from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 
@@ -22,12 +23,12 @@ class LogRouter(logging.Handler):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._propagate = True
-        self._lines: list[tuple[str, str]] = []  # logged on openjd's threads, not yet handed over
-        self._lines_lock = threading.Lock()
+        self._lines: HandOver[tuple[str, str]] = HandOver(self._put)  # logged on openjd's threads
 
     def install(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._lines.attach()
         LOG.addHandler(self)
         self._propagate = LOG.propagate
         LOG.propagate = False  # session output belongs in the session log, not the agent's
@@ -56,21 +57,12 @@ class LogRouter(logging.Handler):
             text = record.getMessage() + "\n"
         except Exception:
             return
-        with self._lines_lock:
-            self._lines.append((task_id, text))
-            wake = len(self._lines) == 1
-        if wake:  # one wake-up of the event loop for a burst of lines, not one per line
-            try:
-                self._loop.call_soon_threadsafe(self._hand_over)
-            except RuntimeError:  # the loop is closed: the agent is going away
-                return
+        if not self._lines.add((task_id, text)):
+            return
         if self.queue.log_buffer_full:
             self._wait_for_room(self._loop)
 
-    def _hand_over(self) -> None:
-        """On the event loop: the lines openjd's threads logged since the last hand-over, in order."""
-        with self._lines_lock:
-            lines, self._lines = self._lines, []
+    def _put(self, lines: list[tuple[str, str]]) -> None:
         for task_id, text in lines:
             self.queue.put_log(task_id, text)
 
