@@ -19,16 +19,15 @@ import attrs
 from flamenco_deadline_worker import __version__, private, records
 from flamenco_deadline_worker.config import SYSTEM_CONFIG, WorkerConfig
 from flamenco_deadline_worker.presence import service_presence, state_file
-from flamenco_deadline_worker.runner import containment
-from flamenco_deadline_worker.runner.commands.base import FileRules
-from flamenco_deadline_worker.runner.process import ProcessLimits, RunAs
-from flamenco_deadline_worker.runner.runner import TaskRunner
 from flamenco_deadline_worker.upstream.homelock import HomeError, HomeLock
-from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
 if TYPE_CHECKING:
+    # Each service's parts are imported where that service is put together: a Deadline worker loads
+    # no Flamenco runner, a Flamenco worker no boto3.
     from flamenco_deadline_worker.backends.deadline.api import DeadlineApi
     from flamenco_deadline_worker.backends.flamenco import FlamencoBackend
+    from flamenco_deadline_worker.runner.commands.base import FileRules
+    from flamenco_deadline_worker.runner.process import ProcessLimits
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +85,8 @@ def adaptor_connection_env(config: WorkerConfig) -> dict[str, str]:
 
 
 def process_limits(config: WorkerConfig) -> ProcessLimits:
+    from flamenco_deadline_worker.runner.process import ProcessLimits
+
     return ProcessLimits(
         command_timeout=config.command_timeout_seconds or None,
         no_output_timeout=config.no_output_timeout_seconds or None,
@@ -96,6 +97,9 @@ def process_limits(config: WorkerConfig) -> ProcessLimits:
 
 def file_rules(config: WorkerConfig) -> FileRules:
     """File commands act in the work directory and ``file_command_roots``, never on the worker's own files."""
+    from flamenco_deadline_worker.runner import containment
+    from flamenco_deadline_worker.runner.commands.base import FileRules
+
     db = str(config.task_update_queue_db)
     protected = (
         str(config.home_config), db, db + "-wal", db + "-shm", db + "-journal", str(config.logs_dir),
@@ -130,6 +134,10 @@ async def run_flamenco(
 ) -> int:
     from flamenco_deadline_worker.core.worker import FlamencoWorker
     from flamenco_deadline_worker.node_checks import NodeChecks
+    from flamenco_deadline_worker.runner import containment
+    from flamenco_deadline_worker.runner.process import RunAs
+    from flamenco_deadline_worker.runner.runner import TaskRunner
+    from flamenco_deadline_worker.upstream.queue import TaskUpdateQueue
 
     if not config.manager_url:
         found = await find_manager(config, stop_event)

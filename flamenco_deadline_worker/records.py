@@ -14,6 +14,7 @@ Types and subtypes:
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import platform
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from flamenco_deadline_worker import __version__, logs
-from flamenco_deadline_worker.runner.process import agent_user
 
 log = logging.getLogger("flamenco_deadline_worker.records")
 
@@ -162,7 +162,9 @@ def session_logs(session_id: str, queue_id: str, log_file: str | Path, **fields:
          session_id=session_id, queue_id=queue_id, log_file=str(log_file), **fields)
 
 
-def session_user(session_id: str, queue_id: str, user: str, **fields: Any) -> None:
+def session_user(session_id: str, queue_id: str, user: str | None = None, **fields: Any) -> None:
+    """``user`` None: the agent's own."""
+    user = user or current_user()
     emit("Session", "User", f"session {session_id} runs as user {user}",
          session_id=session_id, queue_id=queue_id, user=user, **fields)
 
@@ -219,7 +221,7 @@ def agent_info(backend: str, **fields: Any) -> None:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "user": agent_user(),
+        "user": current_user(),
         "backend": backend,
         "argv": sys.argv[1:],
     }
@@ -230,6 +232,13 @@ def agent_info(backend: str, **fields: Any) -> None:
 
 def _optimize_flag() -> str:
     return f" (-{'O' * sys.flags.optimize})" if sys.flags.optimize else ""
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def system_metrics(disk_path: Path | None = None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = "flamenco_deadline_worker"
 
 FORBIDDEN = (
@@ -35,6 +37,28 @@ def test_the_core_imports_nothing_above_it() -> None:
     )
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout)
     assert [m for m in loaded if m.startswith(FORBIDDEN)] == []
+
+
+def _loaded_by(*modules: str) -> list[str]:
+    code = f"import json, sys\nimport {', '.join(modules)}\nprint(json.dumps(sorted(sys.modules)))\n"
+    return list(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout))
+
+
+def test_each_service_loads_only_its_own_parts() -> None:
+    """The composition root imports a service's parts where it puts that service together: a Deadline
+    worker carries no Flamenco runner or aiohttp client in memory, a Flamenco worker no boto3."""
+    pytest.importorskip("boto3")
+    deadline = _loaded_by(
+        "flamenco_deadline_worker.cli", "flamenco_deadline_worker.compose",
+        "flamenco_deadline_worker.backends.deadline.service",
+    )
+    flamenco_parts = ("flamenco_deadline_worker.runner", "flamenco_deadline_worker.backends.flamenco", "aiohttp")
+    assert [m for m in deadline if m.startswith(flamenco_parts)] == []
+    flamenco = _loaded_by(
+        "flamenco_deadline_worker.cli", "flamenco_deadline_worker.compose", "flamenco_deadline_worker.core.worker",
+        "flamenco_deadline_worker.runner.runner", "flamenco_deadline_worker.backends.flamenco",
+    )
+    assert [m for m in flamenco if m.startswith(("boto3", "botocore", "openjd"))] == []
 
 
 # What each layer may import from this package (first name after ``flamenco_deadline_worker.``).

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import getpass
 import logging
 import os
 import shutil
@@ -41,14 +40,6 @@ def kill_all_now() -> None:
 
 class ProcessTimeout(Exception):
     """A hang guard fired; the message says which one."""
-
-
-def agent_user() -> str:
-    """The name of the user this worker runs as (its uid when the name cannot be found)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 @attrs.frozen

@@ -266,7 +266,7 @@ class TaskRunner:
         self.records.session_starting(task.id, task.job_id, task_name=task.name, job_type=task.job_type)
         if log_file is not None:
             self.records.session_logs(task.id, task.job_id, log_file)
-        self.records.session_user(task.id, task.job_id, self.run_as.user if self.run_as else process.agent_user())
+        self.records.session_user(task.id, task.job_id, self.run_as.user if self.run_as else None)
         self.records.session_add(task.id, task.job_id, [_action_id(task, i) for i in range(1, len(task.commands) + 1)])
         started = time.monotonic()
         self._failure = ""
