@@ -14,6 +14,7 @@ Types and subtypes:
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -78,6 +79,7 @@ SECRET_MARKERS = ("secret", "password", "token", "authorization", "credential", 
 HIDDEN = "********"
 
 
+@functools.lru_cache(maxsize=1024)  # records use a few dozen keys, again and again
 def is_secret_key(key: str) -> bool:
     folded = key.lower().replace("_", "").replace("-", "")
     return any(marker in folded for marker in SECRET_MARKERS)
@@ -98,7 +100,10 @@ def emit(kind: str, subtype: str, text: str, level: int = logging.INFO, /, **fie
         return
     head = f"{kind} {subtype}" if subtype else kind
     data = {"type": kind, "subtype": subtype, **scrub(fields)}
-    log.log(level, "%s: %s", head, text, extra={"fields": data})
+    # Made and handled directly: logging would otherwise walk the stack for the caller's file and
+    # line on every record (no format shows them, and for a record they would name this function).
+    record = log.makeRecord(log.name, level, "(records)", 0, "%s: %s", (head, text), None, extra={"fields": data})
+    log.handle(record)
 
 
 # ---- Worker ------------------------------------------------------------------------------------

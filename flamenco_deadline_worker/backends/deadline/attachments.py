@@ -16,7 +16,6 @@ needs Deadline's FUSE-based ``deadline_vfs`` and fails the action with a message
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import grp
 import json
 import logging
@@ -32,6 +31,8 @@ import botocore.credentials
 import botocore.session
 from openjd.sessions import LOG as OJD_LOG
 from openjd.sessions import PathFormat, PathMappingRule
+
+from flamenco_deadline_worker.backends.deadline.timestamps import parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -369,4 +370,4 @@ def _size(n: float) -> str:
 
 def epoch(iso: str) -> float:
     """An action's ISO-8601 startedAt as seconds since the epoch (the library names outputs by it)."""
-    return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return parse_iso(iso).timestamp()

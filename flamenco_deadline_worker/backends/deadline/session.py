@@ -30,16 +30,13 @@ from flamenco_deadline_worker.backends.deadline.attachments import (
 )
 from flamenco_deadline_worker.backends.deadline.entities import EntityError, JobEntities, parameter_values
 from flamenco_deadline_worker.backends.deadline.jobuser import JobUser, JobUserError, JobUsers
+from flamenco_deadline_worker.backends.deadline.timestamps import now_iso, parse_iso
 from flamenco_deadline_worker.core.hooks import AgentLog
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[str, dict[str, Any]], Awaitable[None]]
 FAILURES = ("FAILED", "CANCELED", "INTERRUPTED")
-
-
-def iso_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @attrs.define
@@ -151,7 +148,7 @@ class SessionRunner:
             self.interrupted.add(running.id)
             self.records.action_cancel(self.id, running.id, "the worker is stopping")
             self._cancel_running(grace)
-            await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": iso_now()})
+            await self.report(running.id, {"completedStatus": "INTERRUPTED", "endedAt": now_iso()})
         for action in pending:
             await self.report(action.id, {"completedStatus": "NEVER_ATTEMPTED"})
         self._wake.set()
@@ -217,7 +214,7 @@ class SessionRunner:
                     action,
                     {
                         "completedStatus": "FAILED",
-                        "startedAt": iso_now(),
+                        "startedAt": now_iso(),
                         "progressMessage": f"internal error: {exc}"[:4096],
                     },
                 )
@@ -236,7 +233,7 @@ class SessionRunner:
         if skip:
             await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
             return
-        started = iso_now()
+        started = now_iso()
         self.running = action
         self.records.action_start(self.id, action.id, action.kind, queue_id=self.queue_id, **_what(action))
         try:
@@ -272,7 +269,7 @@ class SessionRunner:
             await self._finish(action, {"completedStatus": "NEVER_ATTEMPTED"})
             return
         message = "the worker agent stopped unexpectedly while this session ran; it was not run again"
-        now = iso_now()
+        now = now_iso()
         await self._finish(
             action, {"completedStatus": "INTERRUPTED", "startedAt": now, "endedAt": now, "progressMessage": message}
         )
@@ -281,10 +278,10 @@ class SessionRunner:
     async def _finish(self, action: Action, info: dict[str, Any]) -> None:
         status = info["completedStatus"]
         if status != "NEVER_ATTEMPTED":
-            info.setdefault("endedAt", iso_now())
+            info.setdefault("endedAt", now_iso())
         seconds = 0.0
         if "startedAt" in info:
-            seconds = (_parse_iso(info["endedAt"]) - _parse_iso(info["startedAt"])).total_seconds()
+            seconds = (parse_iso(info["endedAt"]) - parse_iso(info["startedAt"])).total_seconds()
         extra = {k: info[k] for k in ("processExitCode", "progressMessage") if k in info}
         self.records.action_end(self.id, action.id, status, seconds, kind=action.kind, **extra)
         if status in FAILURES and action.kind != "envExit":
@@ -499,9 +496,6 @@ class SessionRunner:
             self._done.set_result(status)
 
 
-def _parse_iso(text: str) -> dt.datetime:
-    # fromisoformat is C code (strptime is not); Python 3.10's does not take the "Z".
-    return dt.datetime.fromisoformat(text[:-1] if text.endswith("Z") else text)
 
 
 def _what(action: Action) -> dict[str, Any]:

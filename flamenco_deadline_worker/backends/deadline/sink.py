@@ -21,6 +21,7 @@ from typing import Any
 from flamenco_deadline_worker import private
 from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi, Retryable
 from flamenco_deadline_worker.backends.deadline.schedule import Schedule
+from flamenco_deadline_worker.backends.deadline.timestamps import for_botocore
 from flamenco_deadline_worker.core.model import Delivery, DeliveryResult, Head
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class DeadlineSink:
             for update in head.updates:
                 updates[update.action_id] = {**updates.get(update.action_id, {}), **update.extra}
         try:
-            await self.schedule.call(updates)
+            await self.schedule.call({action_id: for_botocore(update) for action_id, update in updates.items()})
         except Retryable as exc:
             return [DeliveryResult(Delivery.RETRY, str(exc), retry_after=exc.retry_after)] * len(heads)
         except ApiError as exc:
