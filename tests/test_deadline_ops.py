@@ -180,6 +180,37 @@ def test_notify_status_records_and_queue_credentials_without_secrets_in_logs(
     assert emu.read(lambda s: list(s.violations)) == []
 
 
+def test_queue_and_fleet_credentials_are_refreshed_before_they_expire_while_a_session_runs(run: Any) -> None:
+    from flamenco_deadline_worker.backends.deadline.queue_creds import REFRESH_MARGIN
+
+    # Credentials due for renewal (20 minutes before they expire) 4 s after they are handed out:
+    # one session of tasks, each using the queue role's credentials as a render's SDK would, outlives
+    # several of them.
+    options = Options(update_interval_seconds=1, credential_lifetime_seconds=REFRESH_MARGIN + 4)
+    task = (*QUEUE_CREDS_TASK[:2], QUEUE_CREDS_TASK[2] + "; import time; time.sleep(2)")
+    emu, agent = run(simple_template(6, task), options=options)
+    agent.until(all_tasks("SUCCEEDED"), 180, "6 tasks SUCCEEDED")
+    session = emu.read(lambda s: next(iter(s.sessions.values())))
+    group = emu.state.job.log_group
+    text = agent.until(lambda s: s.log_text(group, session.id).count("key id ") == 6 and s.log_text(group, session.id),
+                       60, "every task's output in CloudWatch")
+    key_ids = [line.split()[-1] for line in text.splitlines() if line.startswith("key id ")]
+    queue_keys = emu.read(lambda s: set(s.queue_keys))
+    assert set(key_ids) <= queue_keys, (key_ids, queue_keys)
+    # The session went on with renewed credentials: later tasks read newer keys from the same file.
+    assert len(set(key_ids)) >= 2 and key_ids[0] != key_ids[-1], key_ids
+    operations = emu.read(lambda s: [op for op, _ in s.calls])
+    assert operations.count("AssumeQueueRoleForWorker") >= 2, operations.count("AssumeQueueRoleForWorker")
+    assert operations.count("AssumeFleetRoleForWorker") >= 2, operations.count("AssumeFleetRoleForWorker")
+    assert agent.stop() == 0, agent.output()[-3000:]
+    assert "queue role credentials of" in agent.agent_log()
+    secrets = emu.read(lambda s: list(s.issued_secrets))
+    for path in log_files(agent.home):
+        content = path.read_text(errors="replace")
+        assert not [secret for secret in secrets if secret in content], f"a secret is in {path}"
+    assert emu.read(lambda s: list(s.violations)) == []
+
+
 def test_status_counts_finished_tasks_while_the_session_still_runs(run: Any, tmp_path: Path) -> None:
     """The state file is written a moment after each task (not per task, not only when the state
     changes): status shows 2 tasks run while the third, in the same session, still runs."""

@@ -95,6 +95,7 @@ class DeadlineAgent:
         self.drain_request: Drain | None = None  # why the worker drains, once it does
         self._stopping_sent = False  # the regular drain has begun: STOPPING sent, sessions told
         self._idle_rounds = 0
+        self._queue_refresh: asyncio.Task[None] | None = None
         self._shipper = AgentLogShipper(self.queue, *agent_log, dress=self.records.dress) if agent_log else None
         # Actions whose completion is queued or sent: nothing more is ever reported for them.
         self._completed: set[tuple[str, str]] = set()
@@ -155,6 +156,9 @@ class DeadlineAgent:
             self._shipper.install()
 
     async def close(self) -> None:
+        if self._queue_refresh is not None:
+            self._queue_refresh.cancel()
+            await asyncio.gather(self._queue_refresh, return_exceptions=True)
         if self._shipper is not None:
             self._shipper.uninstall()
         self.router.uninstall()
@@ -168,6 +172,9 @@ class DeadlineAgent:
         called within the service's interval) applied; an exit code when the run ends."""
         if self.api.fleet_credentials_due():
             await self._refresh_fleet_credentials()
+        if self.queue_creds.refresh_due() and (self._queue_refresh is None or self._queue_refresh.done()):
+            # In the background: the round goes on while the service is slow to answer.
+            self._queue_refresh = asyncio.create_task(self.queue_creds.refresh())
         if self.schedule.conflict is not None:
             conflict, self.schedule.conflict = self.schedule.conflict, None
             log.warning("the worker is no longer STARTED in the service (%s); starting again", conflict)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flamenco_deadline_worker.backends.deadline.api import ApiError, DeadlineApi
 
 log = logging.getLogger(__name__)
 REFRESH_MARGIN = 20 * 60
+RETRY_SECONDS = 60.0  # after a failed refresh, while the old credentials still hold
 
 
 class QueueCredentials:
@@ -35,6 +37,7 @@ class QueueCredentials:
         self.expiry: dt.datetime | None = None
         self.available = False
         self.group: str | None = None  # the job user's group that may read them; None: the agent only
+        self._retry_at = 0.0  # monotonic time before which a failed refresh is not tried again
 
     def env(self) -> dict[str, str]:
         """Variables for session processes (empty when the queue has no role)."""
@@ -52,6 +55,32 @@ class QueueCredentials:
             self.expiry is not None
             and (self.expiry - dt.datetime.now(dt.timezone.utc)).total_seconds() < REFRESH_MARGIN
         )
+
+    def refresh_due(self) -> bool:
+        return self.available and self.due() and time.monotonic() >= self._retry_at
+
+    async def refresh(self) -> None:
+        """New credentials for the queue in use, written over the old ones well before they expire:
+        a running session's processes (through credential_process) and its attachments read them
+        from the file.  On failure the old ones stay and the refresh is tried again later."""
+        queue_id = self.queue_id
+        if queue_id is None or not self.refresh_due():
+            return
+        try:
+            answer = await self.api.call_retrying(
+                "assume_queue_role_for_worker", give_up_after=60, **self.ids, queueId=queue_id
+            )
+            creds = answer.get("credentials")
+            if not creds:
+                raise KeyError("the answer holds no credentials")
+            if queue_id == self.queue_id:  # not a new session's queue meanwhile
+                self._write(queue_id, creds, self.group)
+        except (ApiError, Retryable, OSError, KeyError) as exc:
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            log.warning("could not refresh the queue role credentials of %s yet (they expire at %s): %s",
+                        queue_id, self.expiry, exc)
+            return
+        log.info("queue role credentials of %s refreshed; they expire at %s", queue_id, self.expiry)
 
     async def ensure(self, queue_id: str, has_role: bool, group: str | None = None) -> str | None:
         """Credentials for ``queue_id``, readable by ``group`` too when given (the job user's); None
