@@ -65,7 +65,6 @@ def adaptor_connection_env(config: WorkerConfig) -> dict[str, str]:
     share an adaptor daemon.  With job_user the directory becomes that user's (as root), or is left
     out when the worker cannot hand it over (sudo resets the environment anyway).
     """
-    import os
     import shutil
 
     from flamenco_deadline_worker.adaptor.protocol import CONNECTION_DIR_ENV

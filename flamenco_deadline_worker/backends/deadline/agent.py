@@ -172,7 +172,8 @@ class DeadlineAgent:
         called within the service's interval) applied; an exit code when the run ends."""
         if self.api.fleet_credentials_due():
             await self._refresh_fleet_credentials()
-        if self.queue_creds.refresh_due() and (self._queue_refresh is None or self._queue_refresh.done()):
+        refreshing = self._queue_refresh is not None and not self._queue_refresh.done()
+        if self.sessions and self.queue_creds.refresh_due() and not refreshing:
             # In the background: the round goes on while the service is slow to answer.
             self._queue_refresh = asyncio.create_task(self.queue_creds.refresh())
         if self.schedule.conflict is not None:
