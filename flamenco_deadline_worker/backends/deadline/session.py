@@ -496,8 +496,6 @@ class SessionRunner:
             self._done.set_result(status)
 
 
-
-
 def _what(action: Action) -> dict[str, Any]:
     """What an action works on, for its records: the environment, or the step and task."""
     keys = ("environmentId", "stepId", "taskId")
