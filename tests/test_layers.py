@@ -28,20 +28,17 @@ FORBIDDEN = (
 )
 
 
-def test_the_core_imports_nothing_above_it() -> None:
-    code = (
-        "import json, sys\n"
-        "import flamenco_deadline_worker.core.worker, flamenco_deadline_worker.core.model\n"
-        "import flamenco_deadline_worker.core.clock, flamenco_deadline_worker.core.backoff\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout)
-    assert [m for m in loaded if m.startswith(FORBIDDEN)] == []
-
-
 def _loaded_by(*modules: str) -> list[str]:
     code = f"import json, sys\nimport {', '.join(modules)}\nprint(json.dumps(sorted(sys.modules)))\n"
     return list(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout))
+
+
+def test_the_core_imports_nothing_above_it() -> None:
+    loaded = _loaded_by(
+        "flamenco_deadline_worker.core.worker", "flamenco_deadline_worker.core.model",
+        "flamenco_deadline_worker.core.clock", "flamenco_deadline_worker.core.backoff",
+    )
+    assert [m for m in loaded if m.startswith(FORBIDDEN)] == []
 
 
 def test_each_service_loads_only_its_own_parts() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from flamenco_deadline_worker.backends.deadline.imds import ImdsClient
+from flamenco_deadline_worker.backends.deadline.timestamps import parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,9 @@ def _parse_time(text: object) -> float | None:
     if not isinstance(text, str) or not text:
         return None
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text).timestamp()
     except ValueError:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
 
 
 def _json_object(path: str, text: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import attrs
 from aiohttp import web
+from botocore.model import OperationModel
 
 from flamenco_deadline_worker.testing.deadline_emulator import model
 from flamenco_deadline_worker.testing.deadline_emulator.job import Job
@@ -174,7 +175,7 @@ class DeadlineEmulator(ThreadedServer):
         found = model.match_route(request.method, request.path)
         worker = found[1].get("workerId") if found is not None and found[0].name == "UpdateWorkerSchedule" else None
         if worker is None:
-            return await self._answer(request)
+            return await self._answer(request, found)
         if worker in self._scheduling:
             # One UpdateWorkerSchedule per worker at a time, as the service's CONCURRENT_MODIFICATION
             # conflict says: the second is refused (after the same delay) and changes nothing.
@@ -185,11 +186,12 @@ class DeadlineEmulator(ThreadedServer):
             return self._error("UpdateWorkerSchedule", conflict("CONCURRENT_MODIFICATION", worker, "worker"))
         self._scheduling.add(worker)
         try:
-            return await self._answer(request)
+            return await self._answer(request, found)
         finally:
             self._scheduling.discard(worker)
 
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def _answer(self, request: web.Request, found: tuple[OperationModel, dict[str, str]] | None) -> web.Response:
+        """``found``: the operation and path parameters the request's route names (None: no such route)."""
         target = request.headers.get("X-Amz-Target", "")
         raw = await request.read()
         await self._delay()
@@ -197,7 +199,6 @@ class DeadlineEmulator(ThreadedServer):
         key = key_match.group(1) if key_match else ""
         if target.startswith(model.LOGS.metadata["targetPrefix"] + "."):
             return self._logs(target.split(".", 1)[1], raw, key)
-        found = model.match_route(request.method, request.path)
         if found is None:
             return self._error(
                 None, ServiceError("UnknownOperationException", f"{request.method} {request.path} is not emulated"), 404
